@@ -1,0 +1,331 @@
+//! Wiring for `hookside serve`: the shared [`State`], reloads (one code path with the first
+//! load), Run Webhook for the `/test` route, listeners and signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{self, Problem, Settings, Webhook};
+use crate::error::{ApiError, ErrorKind};
+use crate::pipeline;
+use crate::registry::{Registry, ReloadOutcome, Snapshot};
+use crate::server::{self, Api};
+use crate::upstream::Upstream;
+
+/// How often the directory is re-scanned even without any signal.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often a directory that could not be loaded yet is tried again.
+pub const NOT_READY_RETRY: Duration = Duration::from_secs(1);
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct State {
+    /// The watched directory.
+    pub dir: PathBuf,
+    /// Settings from the config file; fixed for the life of the process.
+    pub settings: Arc<Settings>,
+    /// The upstream clients; one set for the life of the process, so pools persist.
+    pub upstream: Upstream,
+    /// The current snapshot of webhooks.
+    pub registry: Registry,
+    /// Set when shutdown starts: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+    /// Serialises reloads, so two never build snapshots from the same previous one.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Options of `hookside serve`.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The webhook directory.
+    pub dir: PathBuf,
+    /// The bot API's address.
+    pub listen: String,
+    /// The admin API's address.
+    pub admin_listen: String,
+    /// The config file, if any.
+    pub config: Option<PathBuf>,
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The config file is invalid.
+    #[error("the config file is invalid:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<Problem>),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address asked for.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl State {
+    /// A state with nothing loaded yet.
+    pub fn new(dir: PathBuf, settings: Settings) -> Arc<State> {
+        let upstream = Upstream::new(settings.deny_networks.clone());
+        Arc::new(State {
+            dir,
+            settings: Arc::new(settings),
+            upstream,
+            registry: Registry::default(),
+            draining: AtomicBool::new(false),
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// Loads the config file (or the defaults).
+pub fn load_settings(path: Option<&std::path::Path>) -> Result<Settings, Vec<Problem>> {
+    match path {
+        Some(path) => Settings::load(path),
+        None => Ok(Settings::default()),
+    }
+}
+
+/// Rescans the directory and swaps in a new snapshot. A file that fails keeps its last
+/// good version; a directory that cannot be read keeps the whole previous snapshot.
+pub async fn reload(state: &State, reason: &str) {
+    let _guard = state.reload_lock.lock().await;
+    let started = Instant::now();
+    let previous = state.registry.snapshot();
+    let result = config::load(
+        &state.dir,
+        &state.settings,
+        &state.upstream,
+        previous.loaded.as_ref(),
+    );
+    let duration = started.elapsed();
+    let next = match result {
+        Ok(loaded) => {
+            log_changes(previous.loaded.as_ref(), &loaded, reason, duration);
+            let success = loaded.failed_files() == 0;
+            Snapshot {
+                loaded: Some(loaded),
+                revision: previous.revision + 1,
+                last_reload: Some(ReloadOutcome {
+                    at: SystemTime::now(),
+                    duration,
+                    success,
+                    error: None,
+                }),
+            }
+        }
+        Err(err) => {
+            tracing::error!(reason, error = %err, "reload failed; keeping what serves");
+            Snapshot {
+                loaded: previous.loaded.clone(),
+                revision: previous.revision + 1,
+                last_reload: Some(ReloadOutcome {
+                    at: SystemTime::now(),
+                    duration,
+                    success: false,
+                    error: Some(err.to_string()),
+                }),
+            }
+        }
+    };
+    state.registry.swap(next);
+}
+
+fn log_changes(
+    previous: Option<&config::Loaded>,
+    loaded: &config::Loaded,
+    reason: &str,
+    duration: Duration,
+) {
+    for problem in loaded.problems() {
+        tracing::error!(problem = %problem, "webhook file error");
+    }
+    let before = |name: &str| previous.and_then(|p| p.webhooks.get(name));
+    let added: Vec<&str> = loaded
+        .webhooks
+        .keys()
+        .filter(|name| before(name).is_none())
+        .map(String::as_str)
+        .collect();
+    let changed: Vec<&str> = loaded
+        .webhooks
+        .iter()
+        .filter(|(name, served)| {
+            before(name).is_some_and(|old| old.webhook.revision != served.webhook.revision)
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let removed: Vec<&str> = previous
+        .map(|p| {
+            p.webhooks
+                .keys()
+                .filter(|name| !loaded.webhooks.contains_key(*name))
+                .map(String::as_str)
+                .collect()
+        })
+        .unwrap_or_default();
+    tracing::info!(
+        reason,
+        webhooks = loaded.webhooks.len(),
+        failed_files = loaded.failed_files(),
+        added = ?added,
+        changed = ?changed,
+        removed = ?removed,
+        duration_ms = duration.as_secs_f64() * 1000.0,
+        "reloaded"
+    );
+}
+
+/// Run Webhook (`POST /v1/webhooks/{name}/test`): the invocation plus the rendered request,
+/// a per-variable trace and warnings; with `dry_run` nothing is sent.
+pub async fn run_webhook(
+    state: &State,
+    webhook: &Webhook,
+    conversation: &serde_json::Value,
+    dry_run: bool,
+) -> Result<serde_json::Value, ApiError> {
+    let data = pipeline::template_data(webhook, conversation).into_value();
+    let rendered = pipeline::render_request(webhook, &data)?;
+    let mut warnings: Vec<String> = webhook
+        .unused_context
+        .iter()
+        .map(|key| format!("context.{key} is defined but no template uses it"))
+        .collect();
+    if dry_run {
+        return Ok(json!({
+            "webhook": webhook.name,
+            "dry_run": true,
+            "request": rendered.shown,
+            "warnings": warnings,
+        }));
+    }
+    let invocation = pipeline::invoke(
+        &state.upstream,
+        webhook,
+        conversation,
+        state.settings.max_response_body,
+    )
+    .await?;
+    warnings.extend(invocation.trace.iter().filter_map(|o| {
+        o.missing
+            .as_ref()
+            .map(|why| format!("variable {} found nothing: {why}", o.name))
+    }));
+    let mut answer = serde_json::to_value(&invocation)
+        .map_err(|err| ApiError::new(ErrorKind::Internal, err.to_string()))?;
+    if let Some(object) = answer.as_object_mut() {
+        object.insert("request".into(), json!(rendered.shown));
+        object.insert("trace".into(), json!(invocation.trace));
+        object.insert("warnings".into(), json!(warnings));
+    }
+    Ok(answer)
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT: binds both listeners, loads the directory,
+/// keeps it fresh (periodic rescan, SIGHUP, `POST /-/reload`), then drains.
+pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let settings = load_settings(options.config.as_deref()).map_err(ServeError::Config)?;
+    let state = State::new(options.dir.clone(), settings);
+    let bot = bind(&options.listen).await?;
+    let admin = bind(&options.admin_listen).await?;
+    tracing::info!(
+        bot = %local(&bot), admin = %local(&admin), dir = %options.dir.display(),
+        "hookside listening"
+    );
+    reload(&state, "start").await;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let refresher = tokio::spawn(keep_fresh(Arc::clone(&state), stop_rx.clone()));
+    let signals = tokio::spawn(watch_signals(Arc::clone(&state), stop_tx));
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::join!(
+        server::run(bot, Arc::clone(&state), Api::Bot, stopped(stop_rx.clone())),
+        server::run(
+            admin,
+            Arc::clone(&state),
+            Api::Admin,
+            stopped(stop_rx.clone())
+        ),
+    );
+    refresher.abort();
+    signals.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(address: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: address.to_owned(),
+            source,
+        })
+}
+
+fn local(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a: SocketAddr| a.to_string())
+}
+
+/// The periodic rescan, and a fast retry while the directory has not loaded.
+async fn keep_fresh(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let wait = if state.registry.snapshot().ready() {
+            RESCAN_INTERVAL
+        } else {
+            NOT_READY_RETRY
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => reload(&state, "periodic").await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// SIGHUP reloads; the first SIGTERM or SIGINT starts the drain, a second exits at once.
+async fn watch_signals(state: Arc<State>, stop: watch::Sender<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    reload(&state, "SIGHUP").await;
+                    continue;
+                }
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if state.draining.swap(true, Ordering::SeqCst) {
+                tracing::warn!("second stop signal: exiting now");
+                std::process::exit(1);
+            }
+            tracing::info!("stop signal: draining in-flight invocations");
+            let _ = stop.send(true);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        state.draining.store(true, Ordering::SeqCst);
+        let _ = stop.send(true);
+    }
+}

@@ -1,0 +1,627 @@
+//! From a merged [`Def`] to a ready [`Webhook`]: methods parsed, templates and JSONPath
+//! compiled, secrets resolved, the auth header built, the URL's origin fixed. Every problem
+//! is collected with its location; nothing here runs on the request path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::{HeaderName, HeaderValue, Method};
+use minijinja::Value;
+use serde_json::json;
+
+use super::raw::{Def, Fields, RawExample};
+use super::secret::{self, Piece};
+use super::settings::{Settings, parse_timeout};
+use super::source::{Located, Problem};
+use crate::mapping::Variable;
+use crate::render::{JsonTemplate, Mode, TemplateData, TextTemplate, UrlTemplate};
+use crate::upstream::{Client, Upstream};
+
+/// A webhook, compiled and ready to serve.
+#[derive(Debug)]
+pub struct Webhook {
+    /// The unique name the bot calls.
+    pub name: String,
+    /// The Company it is assigned to.
+    pub company: String,
+    /// Free text for people.
+    pub description: Option<String>,
+    /// The file it was loaded from.
+    pub source: PathBuf,
+    /// A hash of the file and the templates it extends.
+    pub revision: String,
+    /// The HTTP method.
+    pub method: Method,
+    /// The URL (fixed origin, templated path and query).
+    pub url: UrlTemplate,
+    /// How long the whole upstream exchange may take.
+    pub timeout: Duration,
+    /// The Context Values as template data (file-written, so trusted in URLs).
+    pub context: Value,
+    /// `{ name, company }` as template data.
+    pub identity: Value,
+    /// The `Authorization` header built from `[auth]`, added after rendering.
+    pub auth: Option<AuthHeader>,
+    /// Header templates.
+    pub headers: Vec<(HeaderName, TextTemplate)>,
+    /// Query parameter templates, in order; a key repeats once per value.
+    pub query: Vec<(String, TextTemplate)>,
+    /// The body template.
+    pub body: Body,
+    /// Custom Variables.
+    pub variables: Vec<Variable>,
+    /// Offline examples.
+    pub examples: Vec<Example>,
+    /// The client for this webhook's upstream (its own trust roots when `[tls]` is set).
+    pub client: Arc<Client>,
+    /// Every secret value this webhook holds, to scrub from anything it answers.
+    pub secrets: Vec<String>,
+    /// Context Values no template reads (a `check` warning).
+    pub unused_context: Vec<String>,
+    /// The whole definition as JSON, secrets as `***`.
+    pub definition: serde_json::Value,
+}
+
+/// The `Authorization` header of `[auth]`.
+#[derive(Debug)]
+pub struct AuthHeader {
+    /// The value sent (marked sensitive).
+    pub value: HeaderValue,
+    /// The value shown: `Basic ***` or `Bearer ***`.
+    pub shown: &'static str,
+}
+
+/// The request body.
+#[derive(Debug)]
+pub enum Body {
+    /// No body.
+    None,
+    /// A JSON document built from a `[body]` table.
+    Json(JsonTemplate),
+    /// A text template sent as is.
+    Text(TextTemplate),
+}
+
+/// One `[[examples]]` entry, validated.
+#[derive(Clone, Debug)]
+pub struct Example {
+    /// The conversation object.
+    pub conversation: serde_json::Value,
+    /// The upstream status to pretend.
+    pub status: u16,
+    /// The upstream body to pretend.
+    pub response: serde_json::Value,
+    /// Expected variables.
+    pub expect: serde_json::Map<String, serde_json::Value>,
+    /// Where the example was written.
+    pub at: super::source::Location,
+}
+
+/// Headers a file may not set: hyper and hookside own them.
+const RESERVED_HEADERS: [&str; 5] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+];
+
+/// Compiles one webhook from its merged fields. `revision` identifies the content.
+pub fn compile(
+    def: &Def,
+    fields: &Fields,
+    revision: String,
+    settings: &Settings,
+    upstream: &Upstream,
+) -> Result<Webhook, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut secrets = Vec::new();
+    let name = def.name.value.clone();
+    let file = &def.file;
+
+    let company = match &fields.company {
+        Some(company) if !company.value.trim().is_empty() => company.value.clone(),
+        Some(company) => {
+            problems.push(company.problem("company: must not be empty"));
+            String::new()
+        }
+        None => {
+            problems
+                .push(file.problem("company: missing; a webhook must be assigned to a Company"));
+            String::new()
+        }
+    };
+
+    let method = match &fields.method {
+        None => Method::GET,
+        Some(method) => match method.value.to_ascii_uppercase().as_str() {
+            m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => {
+                Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET)
+            }
+            other => {
+                problems.push(method.problem(format!(
+                    "method: {other:?} is not one of GET POST PUT PATCH DELETE HEAD OPTIONS"
+                )));
+                Method::GET
+            }
+        },
+    };
+
+    for (field, value, supported, later) in [
+        (
+            "response_type",
+            &fields.response_type,
+            "json",
+            "\"xml\" and \"text\" come later",
+        ),
+        (
+            "execution",
+            &fields.execution,
+            "sync",
+            "\"async\" comes later",
+        ),
+    ] {
+        if let Some(value) = value
+            && value.value != supported
+        {
+            problems.push(value.problem(format!(
+                "{field}: {:?} is not supported; use \"{supported}\" ({later})",
+                value.value
+            )));
+        }
+    }
+
+    let timeout = match &fields.timeout {
+        None => settings.default_timeout,
+        Some(timeout) => parse_timeout(&timeout.value).unwrap_or_else(|message| {
+            problems.push(timeout.problem(format!("timeout: {message}")));
+            settings.default_timeout
+        }),
+    };
+
+    let mut context_map = BTreeMap::new();
+    for (key, value) in &fields.context {
+        let text = match &value.value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                value.value.to_string()
+            }
+            _ => {
+                problems.push(value.problem(format!(
+                    "context.{key}: must be a string, number or boolean"
+                )));
+                continue;
+            }
+        };
+        context_map.insert(key.clone(), Value::from_safe_string(text));
+    }
+    let context = Value::from(context_map);
+    let identity = crate::render::value_of(json!({"name": name, "company": company}));
+    let origin_data = TemplateData {
+        conversation: Value::from(BTreeMap::<String, Value>::new()),
+        context: context.clone(),
+        webhook: identity.clone(),
+        answer: None,
+    }
+    .into_value();
+
+    let mut names = BTreeSet::new();
+    let url = match &fields.url {
+        None => {
+            problems.push(file.problem("url: missing"));
+            None
+        }
+        Some(url) => match UrlTemplate::compile(&url.value, &origin_data) {
+            Ok(compiled) => {
+                if !settings.host_allowed(&compiled.host) {
+                    problems.push(url.problem(format!(
+                        "url: host {:?} is not in security.allowed_hosts",
+                        compiled.host
+                    )));
+                }
+                names.extend(compiled.names());
+                Some(compiled)
+            }
+            Err(message) => {
+                problems.push(url.problem(message));
+                None
+            }
+        },
+    };
+
+    let auth = compile_auth(fields, file, &mut secrets, &mut problems);
+
+    let mut headers = Vec::new();
+    for (key, value) in &fields.headers {
+        let header = match HeaderName::from_bytes(key.as_bytes()) {
+            Ok(header) => header,
+            Err(_) => {
+                problems
+                    .push(value.problem(format!("headers: {key:?} is not a valid header name")));
+                continue;
+            }
+        };
+        if RESERVED_HEADERS.contains(&header.as_str()) {
+            problems.push(value.problem(format!(
+                "headers: {key} is set by hookside and may not be templated"
+            )));
+            continue;
+        }
+        if header == http::header::AUTHORIZATION && auth.is_some() {
+            problems.push(
+                value.problem("headers: Authorization conflicts with [auth]; set one of them"),
+            );
+            continue;
+        }
+        if let Some(template) = text_with_secrets(
+            value,
+            Mode::Text,
+            &format!("headers.{key}"),
+            &mut secrets,
+            &mut problems,
+        ) {
+            names.extend(template.names());
+            headers.push((header, template));
+        }
+    }
+
+    let mut query = Vec::new();
+    for (key, values) in &fields.query {
+        for value in &values.value {
+            let located = Located {
+                value: value.clone(),
+                at: values.at.clone(),
+            };
+            if let Some(template) = text_with_secrets(
+                &located,
+                Mode::Text,
+                &format!("query.{key}"),
+                &mut secrets,
+                &mut problems,
+            ) {
+                names.extend(template.names());
+                query.push((key.clone(), template));
+            }
+        }
+    }
+
+    let body = match &fields.body {
+        None => Body::None,
+        Some(body) => {
+            let compiled = match &body.value {
+                toml::Value::String(text) => {
+                    TextTemplate::from_str(text, Mode::Text).map(Body::Text)
+                }
+                toml::Value::Table(_) => JsonTemplate::compile(&body.value).map(Body::Json),
+                _ => Err("must be a table (a JSON body) or a string (a text body)".to_owned()),
+            };
+            match compiled {
+                Ok(compiled) => {
+                    match &compiled {
+                        Body::Text(template) => names.extend(template.names()),
+                        Body::Json(template) => names.extend(template.names()),
+                        Body::None => {}
+                    }
+                    compiled
+                }
+                Err(message) => {
+                    problems.push(body.problem(format!("body: {message}")));
+                    Body::None
+                }
+            }
+        }
+    };
+
+    let mut variables = Vec::new();
+    for (key, source) in &fields.variables {
+        if let Err(message) = super::raw::check_name(key) {
+            problems.push(source.problem(format!("variables: {message}")));
+        }
+        match Variable::compile(key, &source.value) {
+            Ok(variable) => {
+                names.extend(variable.names());
+                variables.push(variable);
+            }
+            Err(message) => problems.push(source.problem(format!("variables.{key}: {message}"))),
+        }
+    }
+
+    let used_context: BTreeSet<&str> = names
+        .iter()
+        .filter_map(|name| name.strip_prefix("context."))
+        .map(|rest| rest.split('.').next().unwrap_or(rest))
+        .collect();
+    for key in &used_context {
+        if !fields.context.contains_key(*key) {
+            let at = fields.url.as_ref().map_or(file, |url| &url.at);
+            problems.push(at.problem(format!(
+                "context.{key} is used but [context] does not define it"
+            )));
+        }
+    }
+    let reads_whole_context = names.contains("context");
+    let unused_context = fields
+        .context
+        .keys()
+        .filter(|key| !reads_whole_context && !used_context.contains(key.as_str()))
+        .cloned()
+        .collect();
+
+    let examples = fields
+        .examples
+        .iter()
+        .filter_map(|example| compile_example(example, &fields.variables, &mut problems))
+        .collect();
+
+    let client = match &fields.ca_file {
+        None => upstream.default_client(),
+        Some(ca) => {
+            let path = ca.at.base_dir().join(&ca.value);
+            match upstream.client_with_roots(&path) {
+                Ok(client) => client,
+                Err(message) => {
+                    problems.push(ca.problem(format!("tls.ca_file: {message}")));
+                    upstream.default_client()
+                }
+            }
+        }
+    };
+
+    let Some(url) = url else {
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    secrets.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    let definition = definition_json(def, fields, &name, &company, &method, timeout);
+    Ok(Webhook {
+        name,
+        company,
+        description: fields.description.as_ref().map(|d| d.value.clone()),
+        source: def.file.path.to_path_buf(),
+        revision,
+        method,
+        url,
+        timeout,
+        context,
+        identity,
+        auth,
+        headers,
+        query,
+        body,
+        variables,
+        examples,
+        client,
+        secrets,
+        unused_context,
+        definition,
+    })
+}
+
+fn compile_auth(
+    fields: &Fields,
+    file: &super::source::Location,
+    secrets: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<AuthHeader> {
+    let auth = &fields.auth;
+    let kind = auth.kind.as_ref().map_or("none", |k| k.value.as_str());
+    let mut value_of = |field: &Option<Located<String>>, key: &str| -> Option<String> {
+        let Some(located) = field else {
+            let at = auth.kind.as_ref().map_or(file, |k| &k.at);
+            problems.push(at.problem(format!("auth.{key}: missing for auth type {kind:?}")));
+            return None;
+        };
+        match secret::resolve(&located.value, located.at.base_dir()) {
+            Ok(pieces) => {
+                secrets.extend(pieces.iter().filter_map(|p| match p {
+                    Piece::Secret(s) => Some(s.value.clone()),
+                    Piece::Text(_) => None,
+                }));
+                Some(secret::reveal(&pieces))
+            }
+            Err(message) => {
+                problems.push(located.problem(format!("auth.{key}: {message}")));
+                None
+            }
+        }
+    };
+    let (header, shown) = match kind {
+        "none" => return None,
+        "basic" => {
+            let username = value_of(&auth.username, "username");
+            let password = value_of(&auth.password, "password");
+            let (username, password) = (username?, password?);
+            let credentials = format!("{username}:{password}");
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&credentials);
+            // The password and the encoded pair are secrets; so is the pair in clear.
+            secrets.push(password);
+            secrets.push(credentials);
+            secrets.push(encoded.clone());
+            (format!("Basic {encoded}"), "Basic ***")
+        }
+        "bearer" => {
+            let token = value_of(&auth.token, "token")?;
+            secrets.push(token.clone());
+            (format!("Bearer {token}"), "Bearer ***")
+        }
+        other => {
+            if let Some(k) = &auth.kind {
+                problems.push(k.problem(format!(
+                    "auth.type: {other:?} is not one of \"none\", \"basic\", \"bearer\""
+                )));
+            }
+            return None;
+        }
+    };
+    match HeaderValue::from_str(&header) {
+        Ok(mut value) => {
+            value.set_sensitive(true);
+            Some(AuthHeader { value, shown })
+        }
+        Err(_) => {
+            if let Some(k) = &auth.kind {
+                problems.push(
+                    k.problem("auth: a credential holds a character not allowed in a header"),
+                );
+            }
+            None
+        }
+    }
+}
+
+fn text_with_secrets(
+    value: &Located<String>,
+    mode: Mode,
+    field: &str,
+    secrets: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<TextTemplate> {
+    let pieces = match secret::resolve(&value.value, value.at.base_dir()) {
+        Ok(pieces) => pieces,
+        Err(message) => {
+            problems.push(value.problem(format!("{field}: {message}")));
+            return None;
+        }
+    };
+    match TextTemplate::compile(pieces, mode) {
+        Ok(template) => {
+            secrets.extend(template.secrets().map(|s| s.value.clone()));
+            Some(template)
+        }
+        Err(message) => {
+            problems.push(value.problem(format!("{field}: {message}")));
+            None
+        }
+    }
+}
+
+fn compile_example(
+    example: &Located<RawExample>,
+    variables: &BTreeMap<String, Located<String>>,
+    problems: &mut Vec<Problem>,
+) -> Option<Example> {
+    let raw = &example.value;
+    let conversation = match &raw.conversation {
+        None => json!({}),
+        Some(toml::Value::Table(table)) => toml_to_json(&toml::Value::Table(table.clone())),
+        Some(_) => {
+            problems.push(example.problem("examples: conversation must be a table"));
+            return None;
+        }
+    };
+    let response = match &raw.response {
+        None => serde_json::Value::Null,
+        Some(toml::Value::String(text)) => match serde_json::from_str(text) {
+            Ok(json) => json,
+            Err(err) => {
+                problems
+                    .push(example.problem(format!("examples: response is not valid JSON: {err}")));
+                return None;
+            }
+        },
+        Some(other) => toml_to_json(other),
+    };
+    let status = raw.status.unwrap_or(200);
+    if !(100..=599).contains(&status) {
+        problems.push(example.problem(format!("examples: status {status} is not an HTTP status")));
+        return None;
+    }
+    let mut expect = serde_json::Map::new();
+    for (key, value) in raw.expect.clone().unwrap_or_default() {
+        if !variables.contains_key(&key) {
+            problems.push(example.problem(format!(
+                "examples: expect.{key} names no variable in [variables]"
+            )));
+            continue;
+        }
+        expect.insert(key, toml_to_json(&value));
+    }
+    Some(Example {
+        conversation,
+        status,
+        response,
+        expect,
+        at: example.at.clone(),
+    })
+}
+
+/// Converts TOML to JSON (datetimes become strings).
+pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    match value {
+        toml::Value::String(s) => s.clone().into(),
+        toml::Value::Integer(n) => (*n).into(),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        toml::Value::Boolean(b) => (*b).into(),
+        toml::Value::Datetime(d) => d.to_string().into(),
+        toml::Value::Array(items) => items.iter().map(toml_to_json).collect(),
+        toml::Value::Table(table) => serde_json::Value::Object(
+            table
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// The definition shown by `GET /v1/webhooks/{name}`: merged fields, secrets as `***`.
+fn definition_json(
+    def: &Def,
+    fields: &Fields,
+    name: &str,
+    company: &str,
+    method: &Method,
+    timeout: Duration,
+) -> serde_json::Value {
+    let shown = |text: &str| -> String {
+        if secret::has_reference(text) {
+            secret::mask_references(text)
+        } else {
+            text.to_owned()
+        }
+    };
+    let auth = &fields.auth;
+    let mut auth_json = serde_json::Map::new();
+    auth_json.insert(
+        "type".into(),
+        auth.kind
+            .as_ref()
+            .map_or("none", |k| k.value.as_str())
+            .into(),
+    );
+    if let Some(username) = &auth.username {
+        auth_json.insert("username".into(), shown(&username.value).into());
+    }
+    if auth.password.is_some() {
+        auth_json.insert("password".into(), "***".into());
+    }
+    if auth.token.is_some() {
+        auth_json.insert("token".into(), "***".into());
+    }
+    json!({
+        "name": name,
+        "company": company,
+        "description": fields.description.as_ref().map(|d| &d.value),
+        "extends": def.extends.as_ref().map(|e| &e.value),
+        "method": method.as_str(),
+        "url": fields.url.as_ref().map(|u| &u.value),
+        "response_type": "json",
+        "execution": "sync",
+        "timeout_ms": timeout.as_millis() as u64,
+        "context": fields.context.iter().map(|(k, v)| (k.clone(), toml_to_json(&v.value))).collect::<serde_json::Map<_, _>>(),
+        "auth": auth_json,
+        "headers": fields.headers.iter().map(|(k, v)| (k.clone(), shown(&v.value).into())).collect::<serde_json::Map<_, _>>(),
+        "query": fields.query.iter().map(|(k, v)| (k.clone(), v.value.iter().map(|s| shown(s)).collect::<Vec<_>>().into())).collect::<serde_json::Map<_, _>>(),
+        "body": fields.body.as_ref().map(|b| toml_to_json(&b.value)),
+        "tls": fields.ca_file.as_ref().map(|ca| json!({"ca_file": ca.value})),
+        "variables": fields.variables.iter().map(|(k, v)| (k.clone(), v.value.clone().into())).collect::<serde_json::Map<_, _>>(),
+        "examples": fields.examples.len(),
+    })
+}

@@ -1,0 +1,397 @@
+//! The raw shape of a webhook file, exactly as written (serde, `deny_unknown_fields`), and
+//! [`Def`]: the same fields with their locations, ready for `extends` to merge.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::source::{Located, Location, Problem, SourceFile};
+
+/// A webhook file as written. Every field is optional here; `compile` decides what is
+/// required once `extends` has been applied.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    /// `"webhook"` (default) or `"template"`.
+    pub kind: Option<Spanned<String>>,
+    /// The webhook's name; defaults to the file's stem.
+    pub name: Option<Spanned<String>>,
+    /// The Company the webhook is assigned to.
+    pub company: Option<Spanned<String>>,
+    /// Free text for people.
+    pub description: Option<Spanned<String>>,
+    /// A template's name to inherit from.
+    pub extends: Option<Spanned<String>>,
+    /// HTTP method, any case.
+    pub method: Option<Spanned<String>>,
+    /// The URL template.
+    pub url: Option<Spanned<String>>,
+    /// `"json"` only, for now.
+    pub response_type: Option<Spanned<String>>,
+    /// `"sync"` only, for now.
+    pub execution: Option<Spanned<String>>,
+    /// A duration such as `"5s"` or `"1500ms"`.
+    pub timeout: Option<Spanned<String>>,
+    /// Context Values.
+    pub context: Option<BTreeMap<String, Spanned<toml::Value>>>,
+    /// Upstream authentication.
+    pub auth: Option<RawAuth>,
+    /// Header name -> template.
+    pub headers: Option<BTreeMap<String, Spanned<String>>>,
+    /// Query parameter -> template, or an array of templates.
+    pub query: Option<BTreeMap<String, Spanned<RawQueryValue>>>,
+    /// A JSON body template (table) or a text body template (string).
+    pub body: Option<Spanned<toml::Value>>,
+    /// Extra trust roots for the upstream.
+    pub tls: Option<RawTls>,
+    /// Custom Variables: name -> expression.
+    pub variables: Option<BTreeMap<String, Spanned<String>>>,
+    /// Offline examples for `hookside check`.
+    pub examples: Option<Vec<Spanned<RawExample>>>,
+}
+
+/// `[auth]` as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `"none"`, `"basic"` or `"bearer"`.
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    /// Basic auth user name.
+    pub username: Option<Spanned<String>>,
+    /// Basic auth password.
+    pub password: Option<Spanned<String>>,
+    /// Bearer token.
+    pub token: Option<Spanned<String>>,
+}
+
+/// `[tls]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// A PEM file of extra trust roots.
+    pub ca_file: Option<Spanned<String>>,
+}
+
+/// A query value: one template, or an array that repeats the key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawQueryValue {
+    /// One value.
+    One(String),
+    /// The key repeated once per value.
+    Many(Vec<String>),
+}
+
+/// One `[[examples]]` entry as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExample {
+    /// The conversation object the bot would send.
+    #[serde(default)]
+    pub conversation: Option<toml::Value>,
+    /// The upstream's status (default 200).
+    pub status: Option<u16>,
+    /// The upstream's body: a JSON string, or a TOML table or array.
+    pub response: Option<toml::Value>,
+    /// Expected Custom Variables.
+    pub expect: Option<toml::Table>,
+}
+
+/// `kind = ...`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Served.
+    Webhook,
+    /// Only extended.
+    Template,
+}
+
+/// A parsed file: its kind, name and fields with locations.
+#[derive(Clone, Debug)]
+pub struct Def {
+    /// Where the file is.
+    pub file: Location,
+    /// Webhook or template.
+    pub kind: Kind,
+    /// The name (explicit or the file's stem).
+    pub name: Located<String>,
+    /// The template this file extends.
+    pub extends: Option<Located<String>>,
+    /// The mergeable fields.
+    pub fields: Fields,
+}
+
+/// The fields that `extends` merges: scalars are inherited when unset, tables key by key.
+#[derive(Clone, Debug, Default)]
+pub struct Fields {
+    /// See [`RawFile::company`].
+    pub company: Option<Located<String>>,
+    /// See [`RawFile::description`].
+    pub description: Option<Located<String>>,
+    /// See [`RawFile::method`].
+    pub method: Option<Located<String>>,
+    /// See [`RawFile::url`].
+    pub url: Option<Located<String>>,
+    /// See [`RawFile::response_type`].
+    pub response_type: Option<Located<String>>,
+    /// See [`RawFile::execution`].
+    pub execution: Option<Located<String>>,
+    /// See [`RawFile::timeout`].
+    pub timeout: Option<Located<String>>,
+    /// Context Values by name.
+    pub context: BTreeMap<String, Located<toml::Value>>,
+    /// `[auth]` keys.
+    pub auth: AuthFields,
+    /// Headers by lower-case name.
+    pub headers: BTreeMap<String, Located<String>>,
+    /// Query parameters by name, each with one or more values.
+    pub query: BTreeMap<String, Located<Vec<String>>>,
+    /// The body: a table merges key by key with an inherited table.
+    pub body: Option<Located<toml::Value>>,
+    /// `[tls] ca_file`.
+    pub ca_file: Option<Located<String>>,
+    /// Custom Variables by name.
+    pub variables: BTreeMap<String, Located<String>>,
+    /// Examples; a file with none inherits its template's.
+    pub examples: Vec<Located<RawExample>>,
+}
+
+/// `[auth]` keys, each inherited on its own.
+#[derive(Clone, Debug, Default)]
+pub struct AuthFields {
+    /// `type`.
+    pub kind: Option<Located<String>>,
+    /// `username`.
+    pub username: Option<Located<String>>,
+    /// `password`.
+    pub password: Option<Located<String>>,
+    /// `token`.
+    pub token: Option<Located<String>>,
+}
+
+/// Parses one file's text into a [`Def`]. A TOML error points at its line.
+pub fn parse(source: &SourceFile) -> Result<Def, Vec<Problem>> {
+    let raw: RawFile = toml::from_str(source.text()).map_err(|err| {
+        let at = err
+            .span()
+            .map_or_else(|| source.whole(), |span| source.locate(span.start));
+        vec![at.problem(err.message().trim().to_owned())]
+    })?;
+    let mut problems = Vec::new();
+    let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k)) {
+        None | Some(("webhook", _)) => Kind::Webhook,
+        Some(("template", _)) => Kind::Template,
+        Some((other, spanned)) => {
+            problems.push(source.locate(spanned.span().start).problem(format!(
+                "kind: expected \"webhook\" or \"template\", found {other:?}"
+            )));
+            Kind::Webhook
+        }
+    };
+    let name = match raw.name {
+        Some(name) => source.located(name),
+        None => Located {
+            value: source
+                .path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            at: source.whole(),
+        },
+    };
+    if let Err(message) = check_name(&name.value) {
+        problems.push(name.problem(format!("name: {message}")));
+    }
+    let one = |field: Option<Spanned<String>>| field.map(|s| source.located(s));
+    let auth = raw.auth.unwrap_or_default();
+    let fields = Fields {
+        company: one(raw.company),
+        description: one(raw.description),
+        method: one(raw.method),
+        url: one(raw.url),
+        response_type: one(raw.response_type),
+        execution: one(raw.execution),
+        timeout: one(raw.timeout),
+        context: located_map(source, raw.context),
+        auth: AuthFields {
+            kind: one(auth.kind),
+            username: one(auth.username),
+            password: one(auth.password),
+            token: one(auth.token),
+        },
+        headers: raw
+            .headers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), source.located(value)))
+            .collect(),
+        query: raw
+            .query
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| {
+                let value = source.located(value);
+                let values = match value.value {
+                    RawQueryValue::One(one) => vec![one],
+                    RawQueryValue::Many(many) => many,
+                };
+                (
+                    name,
+                    Located {
+                        value: values,
+                        at: value.at,
+                    },
+                )
+            })
+            .collect(),
+        body: raw.body.map(|body| source.located(body)),
+        ca_file: raw.tls.and_then(|tls| one(tls.ca_file)),
+        variables: located_map(source, raw.variables),
+        examples: raw
+            .examples
+            .unwrap_or_default()
+            .into_iter()
+            .map(|example| source.located(example))
+            .collect(),
+    };
+    let def = Def {
+        file: source.whole(),
+        kind,
+        name,
+        extends: one(raw.extends),
+        fields,
+    };
+    if problems.is_empty() {
+        Ok(def)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Checks a name against `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok && name.len() <= 128 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use 1 to 128 of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        ))
+    }
+}
+
+impl Fields {
+    /// Applies `extends`: `self` (the extending file) wins; tables merge key by key.
+    pub fn inherit(mut self, parent: &Fields) -> Fields {
+        fn scalar<T: Clone>(child: &mut Option<T>, parent: &Option<T>) {
+            if child.is_none() {
+                child.clone_from(parent);
+            }
+        }
+        fn table<V: Clone>(child: &mut BTreeMap<String, V>, parent: &BTreeMap<String, V>) {
+            for (key, value) in parent {
+                child.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        scalar(&mut self.company, &parent.company);
+        scalar(&mut self.description, &parent.description);
+        scalar(&mut self.method, &parent.method);
+        scalar(&mut self.url, &parent.url);
+        scalar(&mut self.response_type, &parent.response_type);
+        scalar(&mut self.execution, &parent.execution);
+        scalar(&mut self.timeout, &parent.timeout);
+        scalar(&mut self.auth.kind, &parent.auth.kind);
+        scalar(&mut self.auth.username, &parent.auth.username);
+        scalar(&mut self.auth.password, &parent.auth.password);
+        scalar(&mut self.auth.token, &parent.auth.token);
+        scalar(&mut self.ca_file, &parent.ca_file);
+        table(&mut self.context, &parent.context);
+        table(&mut self.headers, &parent.headers);
+        table(&mut self.query, &parent.query);
+        table(&mut self.variables, &parent.variables);
+        self.body = match (self.body.take(), &parent.body) {
+            (
+                Some(Located {
+                    value: toml::Value::Table(mut child),
+                    at,
+                }),
+                Some(Located {
+                    value: toml::Value::Table(parent),
+                    ..
+                }),
+            ) => {
+                for (key, value) in parent {
+                    child.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+                Some(Located {
+                    value: toml::Value::Table(child),
+                    at,
+                })
+            }
+            (child, parent) => child.or_else(|| parent.clone()),
+        };
+        if self.examples.is_empty() {
+            self.examples.clone_from(&parent.examples);
+        }
+        self
+    }
+}
+
+fn located_map<V>(
+    source: &SourceFile,
+    map: Option<BTreeMap<String, Spanned<V>>>,
+) -> BTreeMap<String, Located<V>> {
+    map.unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, source.located(value)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn def(path: &str, text: &str) -> Result<Def, Vec<Problem>> {
+        parse(&SourceFile::new(Path::new(path).into(), text.to_owned()))
+    }
+
+    #[test]
+    fn name_defaults_to_the_stem_and_is_checked() {
+        assert_eq!(
+            def("dir/order-status.toml", "").expect("parses").name.value,
+            "order-status"
+        );
+        let problems = def("dir/x.toml", "name = '-bad'").unwrap_err();
+        assert_eq!(problems[0].line, Some(1));
+        assert!(problems[0].message.contains("not a valid name"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        let problems = def("x.toml", "company = 'a'\nurll = 'http://x'\n").unwrap_err();
+        assert_eq!(problems[0].line, Some(2), "{problems:?}");
+        assert!(problems[0].message.contains("urll"), "{problems:?}");
+    }
+
+    #[test]
+    fn extends_merges_tables_key_by_key() {
+        let parent = def(
+            "p.toml",
+            "method = 'POST'\n[headers]\nA = '1'\nB = '2'\n[body]\nx = 1\n",
+        )
+        .expect("parent");
+        let child = def("c.toml", "[headers]\nb = '3'\n[body]\ny = 2\n").expect("child");
+        let merged = child.fields.inherit(&parent.fields);
+        assert_eq!(merged.method.expect("inherited").value, "POST");
+        assert_eq!(merged.headers["a"].value, "1");
+        assert_eq!(merged.headers["b"].value, "3");
+        let body = merged.body.expect("body").value;
+        assert_eq!(body.get("x").and_then(toml::Value::as_integer), Some(1));
+        assert_eq!(body.get("y").and_then(toml::Value::as_integer), Some(2));
+    }
+}

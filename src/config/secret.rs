@@ -1,0 +1,170 @@
+//! Secret references: `${env:NAME}` and `${file:PATH}` inside `[auth]`, `[headers]` and
+//! `[query]` values and the config file's caller tokens.
+//!
+//! A value is split into literal text and secrets when its file loads; a secret's value
+//! never reaches the template context, a log line or an error message. [`Secret`]'s
+//! `Debug` prints `***` so that a stray `{:?}` cannot leak it either.
+
+use std::fmt;
+use std::path::Path;
+
+/// One piece of a value that may hold secret references.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Text written in the file (it may still be a template).
+    Text(String),
+    /// A resolved secret.
+    Secret(Secret),
+}
+
+/// A resolved secret value and where it came from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// The secret itself. Never print it.
+    pub value: String,
+    /// The reference as written (`env:NAME` or `file:PATH`), safe to show.
+    pub reference: String,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(${{{}}} = ***)", self.reference)
+    }
+}
+
+impl fmt::Debug for Piece {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Piece::Text(text) => write!(f, "Text({text:?})"),
+            Piece::Secret(secret) => secret.fmt(f),
+        }
+    }
+}
+
+/// Whether `raw` mentions a secret reference at all.
+pub fn has_reference(raw: &str) -> bool {
+    raw.contains("${env:") || raw.contains("${file:")
+}
+
+/// Splits `raw` into text and resolved secrets. Relative `${file:...}` paths are taken
+/// from `base_dir` (the folder of the file that mentions them). The error message names
+/// the reference, never a secret's value.
+pub fn resolve(raw: &str, base_dir: &Path) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = raw;
+    while let Some(start) = find_reference(rest) {
+        if start > 0 {
+            pieces.push(Piece::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated secret reference `{}`", &rest[start..]))?;
+        let reference = &after[..end];
+        pieces.push(Piece::Secret(resolve_one(reference, base_dir)?));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_owned()));
+    }
+    Ok(pieces)
+}
+
+/// Joins pieces into the value to send (secrets in clear).
+pub fn reveal(pieces: &[Piece]) -> String {
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Text(text) => text.as_str(),
+            Piece::Secret(secret) => secret.value.as_str(),
+        })
+        .collect()
+}
+
+/// Joins pieces into a value safe to show (secrets as `***`).
+pub fn redact(pieces: &[Piece]) -> String {
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Text(text) => text.as_str(),
+            Piece::Secret(_) => "***",
+        })
+        .collect()
+}
+
+/// Replaces every secret reference in `raw` by `***`, without resolving anything.
+pub fn mask_references(raw: &str) -> String {
+    let mut shown = String::new();
+    let mut rest = raw;
+    while let Some(start) = find_reference(rest) {
+        shown.push_str(&rest[..start]);
+        shown.push_str("***");
+        rest = rest[start..]
+            .find('}')
+            .map_or("", |end| &rest[start + end + 1..]);
+    }
+    shown.push_str(rest);
+    shown
+}
+
+fn find_reference(s: &str) -> Option<usize> {
+    match (s.find("${env:"), s.find("${file:")) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn resolve_one(reference: &str, base_dir: &Path) -> Result<Secret, String> {
+    let value = if let Some(name) = reference.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| {
+            format!("secret `${{{reference}}}`: environment variable {name} is not set")
+        })?
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        let path = base_dir.join(path);
+        let mut text = std::fs::read_to_string(&path).map_err(|err| {
+            format!(
+                "secret `${{{reference}}}`: cannot read {}: {err}",
+                path.display()
+            )
+        })?;
+        if text.ends_with('\n') {
+            text.pop();
+            if text.ends_with('\r') {
+                text.pop();
+            }
+        }
+        text
+    } else {
+        return Err(format!(
+            "unknown secret reference `${{{reference}}}` (use env: or file:)"
+        ));
+    };
+    if value.is_empty() {
+        return Err(format!("secret `${{{reference}}}` is empty"));
+    }
+    Ok(Secret {
+        value,
+        reference: reference.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_text_and_secrets_and_trims_one_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("key"), "s3cr3t\n").expect("write");
+        let pieces = resolve("Key ${file:key}!", dir.path()).expect("resolves");
+        assert_eq!(reveal(&pieces), "Key s3cr3t!");
+        assert_eq!(redact(&pieces), "Key ***!");
+        assert!(!format!("{pieces:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn missing_secret_names_the_reference() {
+        let err = resolve("${env:HOOKSIDE_TEST_SURELY_UNSET}", Path::new(".")).unwrap_err();
+        assert!(err.contains("HOOKSIDE_TEST_SURELY_UNSET"), "{err}");
+    }
+}

@@ -1,0 +1,158 @@
+//! Where things are: a loaded file's text, byte offsets turned into line and column, and
+//! [`Problem`], the one error type every loading step reports with.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// A file's text with its line starts, so that byte spans become `LINE:COL`.
+#[derive(Debug)]
+pub struct SourceFile {
+    /// The path as found under the directory (or given on the command line).
+    pub path: Arc<Path>,
+    line_starts: Vec<usize>,
+    text: String,
+}
+
+/// A position in a file, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub path: Arc<Path>,
+    /// 1-based line and column, when known.
+    pub line_col: Option<(usize, usize)>,
+}
+
+/// A value and where it was written.
+#[derive(Clone, Debug)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Where the value was written.
+    pub at: Location,
+}
+
+/// One problem with one file: what `hookside check` prints as `PATH:LINE:COL: message`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong; names the field, never holds a secret.
+    pub message: String,
+}
+
+impl SourceFile {
+    /// Wraps a file's text.
+    pub fn new(path: Arc<Path>, text: String) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        SourceFile {
+            path,
+            line_starts,
+            text,
+        }
+    }
+
+    /// The file's text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The location of a byte offset.
+    pub fn locate(&self, offset: usize) -> Location {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line.saturating_sub(1)];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(1, |prefix| prefix.chars().count() + 1);
+        Location {
+            path: Arc::clone(&self.path),
+            line_col: Some((line.max(1), column)),
+        }
+    }
+
+    /// Wraps a spanned value with its location.
+    pub fn located<T>(&self, spanned: toml::Spanned<T>) -> Located<T> {
+        let at = self.locate(spanned.span().start);
+        Located {
+            value: spanned.into_inner(),
+            at,
+        }
+    }
+
+    /// A location naming only the file.
+    pub fn whole(&self) -> Location {
+        Location::file(Arc::clone(&self.path))
+    }
+}
+
+impl Location {
+    /// A location naming only a file.
+    pub fn file(path: Arc<Path>) -> Self {
+        Location {
+            path,
+            line_col: None,
+        }
+    }
+
+    /// A problem at this location.
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        Problem {
+            path: self.path.to_path_buf(),
+            line: self.line_col.map(|(line, _)| line),
+            column: self.line_col.map(|(_, column)| column),
+            message: message.into(),
+        }
+    }
+
+    /// The folder of the file, against which relative paths in it are resolved.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+impl<T> Located<T> {
+    /// A problem at this value's location.
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        self.at.problem(message)
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, "{line}:")?;
+            if let Some(column) = self.column {
+                write!(f, "{column}:")?;
+            }
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        let file = SourceFile::new(Path::new("a.toml").into(), "a = 1\nbé = 2\n".into());
+        assert_eq!(file.locate(0).line_col, Some((1, 1)));
+        assert_eq!(file.locate(6).line_col, Some((2, 1)));
+        assert_eq!(file.locate(10).line_col, Some((2, 4)));
+        let problem = file.locate(6).problem("bad");
+        assert_eq!(problem.to_string(), "a.toml:2:1: bad");
+    }
+}

@@ -1,0 +1,28 @@
+//! hookside: a webhook sidecar for chatbot containers.
+//!
+//! A bot posts its conversation to `POST /v1/webhooks/{name}` on localhost; hookside renders
+//! the request declared in that webhook's TOML file, calls the upstream, maps the response
+//! into Custom Variables and answers. The contract lives in `SPEC.md`; the README matches
+//! this module map.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | webhook files and the config file: raw TOML types, `extends`, secrets, compiling to [`config::Webhook`], every error with its location |
+//! | [`registry`] | one immutable [`registry::Snapshot`] of compiled webhooks, swapped whole |
+//! | [`render`] | minijinja templates: text templates, typed JSON bodies, the URL rule |
+//! | [`upstream`] | the process's HTTP clients (rustls), the destination policy, timeouts and limits |
+//! | [`mapping`] | Custom Variables: Jinja expressions and JSONPath over the response |
+//! | [`pipeline`] | one invocation as named phases: route, data, render, call, map, answer |
+//! | [`server`] | the bot API and the admin API over hyper |
+//! | [`error`] | the one place where an error becomes an HTTP status and a JSON body |
+//! | [`app`] | wiring for `hookside serve`: settings, first load, listeners, signals |
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod mapping;
+pub mod pipeline;
+pub mod registry;
+pub mod render;
+pub mod server;
+pub mod upstream;

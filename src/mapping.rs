@@ -1,0 +1,186 @@
+//! Custom Variables (the "Response Mapper"): each variable is a Jinja expression over
+//! `response`, `status`, `headers` and the request data, or an RFC 9535 JSONPath over the
+//! response body. Both are compiled when the file loads.
+//!
+//! What "found nothing" means, and so what lands in `missing`: an expression that is
+//! undefined (a key the response lacks), a singular JSONPath with no match, a non-singular
+//! JSONPath with an empty result. A JSON `null` that *was* found is a value, not missing.
+
+use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
+use minijinja::Value;
+use serde::Serialize;
+
+use crate::render::{self, CompiledExpression};
+
+/// One compiled Custom Variable.
+#[derive(Debug)]
+pub struct Variable {
+    /// The variable's name.
+    pub name: String,
+    /// The expression as written.
+    pub source: String,
+    kind: VariableKind,
+}
+
+#[derive(Debug)]
+enum VariableKind {
+    Jinja(Box<CompiledExpression>),
+    JsonPath { query: JpQuery, singular: bool },
+}
+
+/// The outcome of one variable, with why it found nothing.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The variable's name.
+    pub name: String,
+    /// The expression as written.
+    pub expression: String,
+    /// The value; `null` when missing.
+    pub value: serde_json::Value,
+    /// Why nothing was found, when nothing was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+}
+
+impl Variable {
+    /// Compiles one variable: `$...` is JSONPath, anything else a Jinja expression.
+    pub fn compile(name: &str, source: &str) -> Result<Variable, String> {
+        let trimmed = source.trim();
+        let kind = if trimmed.starts_with('$') {
+            let query = jsonpath_rust::parser::parse_json_path(trimmed)
+                .map_err(|err| format!("invalid JSONPath: {err}"))?;
+            let singular = query.segments.iter().all(|segment| {
+                matches!(
+                    segment,
+                    Segment::Selector(Selector::Name(_) | Selector::Index(_))
+                )
+            });
+            VariableKind::JsonPath { query, singular }
+        } else {
+            VariableKind::Jinja(Box::new(
+                render::compile_expression(trimmed)
+                    .map_err(|err| format!("invalid expression: {err}"))?,
+            ))
+        };
+        Ok(Variable {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            kind,
+        })
+    }
+
+    /// Whether this is a JSONPath.
+    pub fn is_json_path(&self) -> bool {
+        matches!(self.kind, VariableKind::JsonPath { .. })
+    }
+
+    /// The names a Jinja expression reads (empty for JSONPath).
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        match &self.kind {
+            VariableKind::Jinja(expression) => render::expression_names(expression),
+            VariableKind::JsonPath { .. } => Default::default(),
+        }
+    }
+
+    /// Evaluates against the response body (`response`) and the template data (`data`,
+    /// which holds `response`, `status`, `headers` and the request data).
+    pub fn evaluate(&self, response: &serde_json::Value, data: &Value) -> Outcome {
+        let (value, missing) = match &self.kind {
+            VariableKind::JsonPath { query, singular } => {
+                match jsonpath_rust::query::js_path_process(query, response) {
+                    Ok(found) if *singular => match found.into_iter().next() {
+                        Some(hit) => (hit.val.clone(), None),
+                        None => (
+                            serde_json::Value::Null,
+                            Some("no match in the response".to_owned()),
+                        ),
+                    },
+                    Ok(found) if found.is_empty() => (
+                        serde_json::Value::Null,
+                        Some("no match in the response".to_owned()),
+                    ),
+                    Ok(found) => (
+                        serde_json::Value::Array(
+                            found.into_iter().map(|hit| hit.val.clone()).collect(),
+                        ),
+                        None,
+                    ),
+                    Err(err) => (
+                        serde_json::Value::Null,
+                        Some(format!("JSONPath failed: {err}")),
+                    ),
+                }
+            }
+            VariableKind::Jinja(expression) => match render::eval(expression, data) {
+                Ok(value) if value.is_undefined() => (
+                    serde_json::Value::Null,
+                    Some("the expression is undefined for this response".to_owned()),
+                ),
+                Ok(value) => match render::to_json(&value) {
+                    Ok(json) => (json, None),
+                    Err(err) => (serde_json::Value::Null, Some(err)),
+                },
+                Err(err) => (
+                    serde_json::Value::Null,
+                    Some(format!("expression failed: {err}")),
+                ),
+            },
+        };
+        Outcome {
+            name: self.name.clone(),
+            expression: self.source.clone(),
+            value,
+            missing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{AnswerData, TemplateData};
+    use serde_json::json;
+
+    fn run(source: &str, response: serde_json::Value) -> Outcome {
+        let variable = Variable::compile("v", source).expect("compiles");
+        let data = TemplateData {
+            conversation: crate::render::value_of(json!({})),
+            context: crate::render::value_of(json!({})),
+            webhook: crate::render::value_of(json!({})),
+            answer: Some(AnswerData {
+                response: crate::render::value_of(&response),
+                status: Value::from(200),
+                headers: crate::render::value_of(json!({})),
+            }),
+        }
+        .into_value();
+        variable.evaluate(&response, &data)
+    }
+
+    #[test]
+    fn jinja_and_jsonpath_keep_types() {
+        let response = json!({"a": {"b": [{"n": 2.5}, {"n": 7}]}, "s": "Shipped"});
+        assert_eq!(run("response.a.b[0].n", response.clone()).value, json!(2.5));
+        assert_eq!(
+            run("{{ response.s | lower }}", response.clone()).value,
+            json!("shipped")
+        );
+        assert_eq!(run("$.a.b[1].n", response.clone()).value, json!(7));
+        assert_eq!(run("$.a.b[?@.n > 3].n", response.clone()).value, json!([7]));
+        assert_eq!(run("status", response.clone()).value, json!(200));
+    }
+
+    #[test]
+    fn nothing_found_is_missing() {
+        let response = json!({"a": null});
+        assert!(
+            run("response.nope.deeper", response.clone())
+                .missing
+                .is_some()
+        );
+        assert!(run("$.nope", response.clone()).missing.is_some());
+        assert!(run("$..zzz", response.clone()).missing.is_some());
+        let found_null = run("$.a", response);
+        assert_eq!((found_null.value, found_null.missing), (json!(null), None));
+    }
+}

@@ -1,0 +1,326 @@
+//! One invocation, as named phases: build the template data, render the request, call the
+//! upstream, parse its body, map the Custom Variables, build the answer. Each phase is a
+//! small function; `invoke` strings them together and times the whole.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Request};
+use http_body_util::Full;
+use minijinja::Value;
+use serde::Serialize;
+
+use crate::config::{Body, Webhook};
+use crate::error::{ApiError, ErrorKind};
+use crate::mapping::Outcome;
+use crate::render::{self, AnswerData, TemplateData};
+use crate::upstream::Upstream;
+
+/// The request as rendered, ready to send, with a copy safe to show.
+#[derive(Debug)]
+pub struct RenderedRequest {
+    /// What is sent.
+    pub request: Request<Full<Bytes>>,
+    /// What may be shown: secrets as `***`.
+    pub shown: ShownRequest,
+}
+
+/// A rendered request as shown to people (`/test`, `hookside run`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ShownRequest {
+    /// The method.
+    pub method: String,
+    /// The URL (secrets in query values as `***`).
+    pub url: String,
+    /// Headers in order, secrets as `***`.
+    pub headers: Vec<(String, String)>,
+    /// The body: JSON for a `[body]` table, a string for a text body, or null.
+    pub body: serde_json::Value,
+}
+
+/// The outcome of one invocation that reached the upstream.
+#[derive(Debug, Serialize)]
+pub struct Invocation {
+    /// The webhook's name.
+    pub webhook: String,
+    /// The upstream's HTTP status.
+    pub status: u16,
+    /// Whether the status is 2xx.
+    pub ok: bool,
+    /// Render to mapped answer, in milliseconds.
+    pub duration_ms: f64,
+    /// Variable name -> value (`null` when missing).
+    pub variables: serde_json::Map<String, serde_json::Value>,
+    /// Variables whose expression found nothing.
+    pub missing: Vec<String>,
+    /// The upstream's body as JSON (`null` when empty).
+    pub response: serde_json::Value,
+    /// Per-variable trace, for Run Webhook.
+    #[serde(skip)]
+    pub trace: Vec<Outcome>,
+}
+
+/// Phase 1: the data templates see.
+pub fn template_data(webhook: &Webhook, conversation: &serde_json::Value) -> TemplateData {
+    TemplateData {
+        conversation: crate::render::value_of(conversation),
+        context: webhook.context.clone(),
+        webhook: webhook.identity.clone(),
+        answer: None,
+    }
+}
+
+/// Phase 2: render method, URL, headers and body; auth is added after rendering.
+pub fn render_request(webhook: &Webhook, data: &Value) -> Result<RenderedRequest, ApiError> {
+    let fail =
+        |message: String| ApiError::new(ErrorKind::RenderError, message).for_webhook(&webhook.name);
+
+    let mut query = String::new();
+    let mut shown_query = String::new();
+    for (key, template) in &webhook.query {
+        let value = template
+            .render(data)
+            .map_err(|e| fail(format!("query.{key}: {e}")))?;
+        for (out, text) in [
+            (&mut query, &value.value),
+            (&mut shown_query, &value.shown().to_owned()),
+        ] {
+            if !out.is_empty() {
+                out.push('&');
+            }
+            render::encode_component(out, key);
+            out.push('=');
+            render::encode_component(out, text);
+        }
+    }
+    let url = webhook
+        .url
+        .render(data, &query)
+        .map_err(|e| fail(format!("url: {e}")))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| fail(format!("url: the rendered URL is not valid: {e}")))?;
+    let shown_url = if shown_query == query {
+        url.clone()
+    } else {
+        webhook
+            .url
+            .render(data, &shown_query)
+            .map_err(|e| fail(format!("url: {e}")))?
+    };
+
+    let mut headers = HeaderMap::with_capacity(webhook.headers.len() + 3);
+    let mut shown_headers = Vec::with_capacity(webhook.headers.len() + 3);
+    for (name, template) in &webhook.headers {
+        let rendered = template
+            .render(data)
+            .map_err(|e| fail(format!("headers.{name}: {e}")))?;
+        let mut value = HeaderValue::from_str(&rendered.value).map_err(|_| {
+            fail(format!(
+                "headers.{name}: the rendered value holds CR, LF, NUL or another character not allowed in a header"
+            ))
+        })?;
+        value.set_sensitive(rendered.redacted.is_some());
+        shown_headers.push((name.to_string(), rendered.shown().to_owned()));
+        headers.append(name.clone(), value);
+    }
+    if let Some(auth) = &webhook.auth {
+        headers.insert(http::header::AUTHORIZATION, auth.value.clone());
+        shown_headers.push(("authorization".into(), auth.shown.into()));
+    }
+
+    let (body, shown_body, content_type) = match &webhook.body {
+        Body::None => (Bytes::new(), serde_json::Value::Null, None),
+        Body::Json(template) => {
+            let json = template
+                .render(data)
+                .map_err(|e| fail(format!("body: {e}")))?;
+            let bytes = serde_json::to_vec(&json).map_err(|e| fail(format!("body: {e}")))?;
+            (Bytes::from(bytes), json, Some("application/json"))
+        }
+        Body::Text(template) => {
+            let text = template
+                .render(data)
+                .map_err(|e| fail(format!("body: {e}")))?
+                .value;
+            let shown = serde_json::Value::String(text.clone());
+            (Bytes::from(text), shown, Some("text/plain; charset=utf-8"))
+        }
+    };
+    if let Some(content_type) = content_type
+        && !headers.contains_key(CONTENT_TYPE)
+    {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        shown_headers.push(("content-type".into(), content_type.into()));
+    }
+    if !headers.contains_key(USER_AGENT) {
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("hookside/", env!("CARGO_PKG_VERSION"))),
+        );
+    }
+
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = webhook.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(RenderedRequest {
+        request,
+        shown: ShownRequest {
+            method: webhook.method.to_string(),
+            url: shown_url,
+            headers: shown_headers,
+            body: shown_body,
+        },
+    })
+}
+
+/// Phase 4: the upstream body as JSON; an empty body is `null`.
+pub fn parse_response(body: &[u8]) -> Result<serde_json::Value, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|err| format!("the response is not valid JSON: {err}"))
+}
+
+/// Phase 5: every Custom Variable over the response.
+pub fn map_variables(
+    webhook: &Webhook,
+    data: TemplateData,
+    status: u16,
+    headers: &HeaderMap,
+    response: &serde_json::Value,
+) -> Vec<Outcome> {
+    if webhook.variables.is_empty() {
+        return Vec::new();
+    }
+    let header_map: BTreeMap<&str, &str> = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .collect();
+    let data = TemplateData {
+        answer: Some(AnswerData {
+            response: crate::render::value_of(response),
+            status: Value::from(status),
+            headers: crate::render::value_of(&header_map),
+        }),
+        ..data
+    }
+    .into_value();
+    webhook
+        .variables
+        .iter()
+        .map(|variable| variable.evaluate(response, &data))
+        .collect()
+}
+
+/// Runs one invocation against the upstream.
+pub async fn invoke(
+    upstream: &Upstream,
+    webhook: &Webhook,
+    conversation: &serde_json::Value,
+    max_response_body: usize,
+) -> Result<Invocation, ApiError> {
+    let started = Instant::now();
+    let data = template_data(webhook, conversation);
+    let data_value = Value::from_object(TemplateData {
+        conversation: data.conversation.clone(),
+        context: data.context.clone(),
+        webhook: data.webhook.clone(),
+        answer: None,
+    });
+    let rendered = render_request(webhook, &data_value)?;
+    if let Some(message) = upstream.literal_denied(&webhook.url.host) {
+        return Err(ApiError::new(ErrorKind::DestinationDenied, message).for_webhook(&webhook.name));
+    }
+    let answer = upstream
+        .call(
+            &webhook.client,
+            rendered.request,
+            webhook.timeout,
+            max_response_body,
+        )
+        .await
+        .map_err(|err| ApiError::from(err).for_webhook(&webhook.name))?;
+    let status = answer.status.as_u16();
+    let response = parse_response(&answer.body).map_err(|message| {
+        ApiError::new(
+            ErrorKind::UpstreamInvalidResponse,
+            format!("upstream answered {status}: {message}"),
+        )
+        .for_webhook(&webhook.name)
+    })?;
+    let trace = map_variables(webhook, data, status, &answer.headers, &response);
+    let mut invocation = Invocation {
+        webhook: webhook.name.clone(),
+        status,
+        ok: answer.status.is_success(),
+        duration_ms: 0.0,
+        variables: trace
+            .iter()
+            .map(|o| (o.name.clone(), o.value.clone()))
+            .collect(),
+        missing: trace
+            .iter()
+            .filter(|o| o.missing.is_some())
+            .map(|o| o.name.clone())
+            .collect(),
+        response,
+        trace,
+    };
+    scrub_invocation(&mut invocation, &webhook.secrets);
+    invocation.duration_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+    Ok(invocation)
+}
+
+/// Phase 6 guard: an upstream that echoes a secret back has it replaced by `***`.
+fn scrub_invocation(invocation: &mut Invocation, secrets: &[String]) {
+    if secrets.is_empty() {
+        return;
+    }
+    scrub(&mut invocation.response, secrets);
+    for value in invocation.variables.values_mut() {
+        scrub(value, secrets);
+    }
+    for outcome in &mut invocation.trace {
+        scrub(&mut outcome.value, secrets);
+    }
+}
+
+/// Replaces every occurrence of a secret in `value`'s strings and keys by `***`.
+pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {
+    fn clean(text: &str, secrets: &[String]) -> Option<String> {
+        let mut out: Option<String> = None;
+        for secret in secrets {
+            let current = out.as_deref().unwrap_or(text);
+            if current.contains(secret.as_str()) {
+                out = Some(current.replace(secret.as_str(), "***"));
+            }
+        }
+        out
+    }
+    match value {
+        serde_json::Value::String(text) => {
+            if let Some(cleaned) = clean(text, secrets) {
+                *text = cleaned;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|item| scrub(item, secrets)),
+        serde_json::Value::Object(map) => {
+            let dirty: Vec<String> = map
+                .keys()
+                .filter(|key| clean(key, secrets).is_some())
+                .cloned()
+                .collect();
+            for key in dirty {
+                if let Some(item) = map.remove(&key) {
+                    map.insert(clean(&key, secrets).unwrap_or(key), item);
+                }
+            }
+            map.values_mut().for_each(|item| scrub(item, secrets));
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,59 @@
+//! One immutable snapshot of compiled webhooks and the last reload's outcome, swapped
+//! whole. A request loads the snapshot once and uses it to the end, so a reload never
+//! changes a webhook under an invocation in flight.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Loaded;
+
+/// Everything a request or a listing reads, consistent with itself.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The loaded directory; `None` until the first load succeeds.
+    pub loaded: Option<Loaded>,
+    /// Increases with every swap.
+    pub revision: u64,
+    /// The last reload attempt, successful or not.
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// What the last reload did.
+#[derive(Clone, Debug)]
+pub struct ReloadOutcome {
+    /// When it finished.
+    pub at: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+    /// Whether every file loaded (a reload with a failing file is a failure).
+    pub success: bool,
+    /// The directory error, when the directory could not be read at all.
+    pub error: Option<String>,
+}
+
+/// The current snapshot. `ArcSwap`: readers never lock and never wait for a reload.
+#[derive(Debug, Default)]
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Registry {
+    /// The current snapshot, held by the caller until it is done.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+impl Snapshot {
+    /// Whether the directory has loaded at least once.
+    pub fn ready(&self) -> bool {
+        self.loaded.is_some()
+    }
+}

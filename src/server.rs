@@ -1,0 +1,449 @@
+//! The bot API and the admin API over hyper: routing, reading bodies within limits, caller
+//! tokens, and [`run`], which serves a bound listener until a shutdown future resolves and
+//! then drains connections.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::app::{self, State};
+use crate::config::{FileState, Served, Webhook};
+use crate::error::{ApiError, ErrorKind};
+use crate::pipeline;
+
+/// Which API a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `/v1/webhooks...` for bots.
+    Bot,
+    /// `/healthz`, `/readyz`, `/-/config`, `/-/reload` for operators.
+    Admin,
+}
+
+/// How long in-flight requests may take to finish after shutdown starts.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `api` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// open connections finish their requests (up to [`DRAIN_TIMEOUT`]).
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<State>,
+    api: Api,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(&state, api, request).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
+}
+
+/// Routes one request.
+pub async fn handle(state: &State, api: Api, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let result = match api {
+        Api::Bot => bot(state, request).await,
+        Api::Admin => admin(state, request).await,
+    };
+    result.unwrap_or_else(|err| err.response())
+}
+
+async fn bot(state: &State, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let Some(rest) = path.strip_prefix("/v1/webhooks") else {
+        return Err(not_found(&path));
+    };
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    match (request.method().clone(), segments.as_slice()) {
+        (Method::GET, [] | [""]) => list(state, &request),
+        (Method::GET, [name]) => describe(state, &request, name),
+        (Method::POST, [name]) => invoke(state, request, name, None).await,
+        (Method::POST, [name, "test"]) => {
+            let dry_run = request.uri().query().is_some_and(|q| {
+                q.split('&')
+                    .any(|p| p == "dry_run=true" || p == "dry_run=1")
+            });
+            invoke(state, request, name, Some(dry_run)).await
+        }
+        (_, [] | [""] | [_] | [_, "test"]) => Err(ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{} is not allowed on {path}", request.method()),
+        )),
+        _ => Err(not_found(&path)),
+    }
+}
+
+fn not_found(path: &str) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no route {path}"))
+}
+
+/// `POST /v1/webhooks/{name}` (and `/test` when `test` is `Some(dry_run)`).
+async fn invoke(
+    state: &State,
+    request: Request<Incoming>,
+    name: &str,
+    test: Option<bool>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let snapshot = state.registry.snapshot();
+    let Some(loaded) = &snapshot.loaded else {
+        return Err(ApiError::new(
+            ErrorKind::NotReady,
+            "the webhook directory has not been loaded yet",
+        )
+        .for_webhook(name));
+    };
+    let Some(served) = loaded.webhooks.get(name) else {
+        return Err(unknown(name));
+    };
+    let webhook = Arc::clone(&served.webhook);
+    authorize(state, &request, &webhook.company).map_err(|e| e.for_webhook(name))?;
+    let conversation = read_conversation(request, state.settings.max_request_body)
+        .await
+        .map_err(|e| e.for_webhook(name))?;
+    match test {
+        None => {
+            let invocation = pipeline::invoke(
+                &state.upstream,
+                &webhook,
+                &conversation,
+                state.settings.max_response_body,
+            )
+            .await;
+            let invocation = log_outcome(&webhook, invocation)?;
+            Ok(json_response(StatusCode::OK, &invocation))
+        }
+        Some(dry_run) => {
+            let answer = crate::app::run_webhook(state, &webhook, &conversation, dry_run).await?;
+            Ok(json_response(StatusCode::OK, &answer))
+        }
+    }
+}
+
+fn log_outcome(
+    webhook: &Webhook,
+    invocation: Result<pipeline::Invocation, ApiError>,
+) -> Result<pipeline::Invocation, ApiError> {
+    match &invocation {
+        Ok(done) => tracing::info!(
+            webhook = %webhook.name, company = %webhook.company, status = done.status,
+            duration_ms = done.duration_ms, missing = done.missing.len(), "invoked"
+        ),
+        Err(err) => tracing::warn!(
+            webhook = %webhook.name, company = %webhook.company, kind = err.kind.as_str(),
+            message = %err.message, "invocation failed"
+        ),
+    }
+    invocation
+}
+
+fn unknown(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::UnknownWebhook,
+        format!("no webhook named {name:?} is serving"),
+    )
+    .for_webhook(name)
+}
+
+/// Reads the conversation object within the body limit (declared or streamed).
+async fn read_conversation(
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<serde_json::Value, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!("reading the request body failed: {err}"),
+                )
+            }
+        })?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        Ok(_) => Err(ApiError::new(
+            ErrorKind::BadRequest,
+            "the body must be a JSON object (the conversation)",
+        )),
+        Err(err) => Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!("the body is not valid JSON: {err}"),
+        )),
+    }
+}
+
+/// The bearer token a caller presented, if any.
+fn caller_token(request: &Request<Incoming>) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Checks the caller token for `company`: 401 without one, 403 with another's.
+fn authorize(state: &State, request: &Request<Incoming>, company: &str) -> Result<(), ApiError> {
+    let Some(tokens) = state
+        .settings
+        .companies
+        .get(company)
+        .map(|c| &c.caller_tokens)
+    else {
+        return Ok(());
+    };
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let Some(presented) = caller_token(request) else {
+        return Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "this webhook needs Authorization: Bearer TOKEN",
+        ));
+    };
+    if tokens
+        .iter()
+        .any(|t| constant_time_eq(t.value.as_bytes(), presented.as_bytes()))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "the caller token is not valid for this webhook's company",
+        ))
+    }
+}
+
+/// Whether a caller may see a company's webhooks in listings.
+fn visible(state: &State, request: &Request<Incoming>, company: &str) -> bool {
+    authorize(state, request, company).is_ok()
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+fn list(state: &State, request: &Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let snapshot = state.registry.snapshot();
+    let Some(loaded) = &snapshot.loaded else {
+        return Err(ApiError::new(
+            ErrorKind::NotReady,
+            "the webhook directory has not been loaded yet",
+        ));
+    };
+    let webhooks: Vec<serde_json::Value> = loaded
+        .webhooks
+        .values()
+        .filter(|served| visible(state, request, &served.webhook.company))
+        .map(entry)
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "webhooks": webhooks }),
+    ))
+}
+
+fn describe(
+    state: &State,
+    request: &Request<Incoming>,
+    name: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let snapshot = state.registry.snapshot();
+    let Some(loaded) = &snapshot.loaded else {
+        return Err(ApiError::new(
+            ErrorKind::NotReady,
+            "the webhook directory has not been loaded yet",
+        )
+        .for_webhook(name));
+    };
+    let served = loaded.webhooks.get(name).ok_or_else(|| unknown(name))?;
+    authorize(state, request, &served.webhook.company).map_err(|e| e.for_webhook(name))?;
+    let mut body = entry(served);
+    if let Some(object) = body.as_object_mut() {
+        object.insert("definition".into(), served.webhook.definition.clone());
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// A listing entry of SPEC section 4.
+fn entry(served: &Served) -> serde_json::Value {
+    let webhook = &served.webhook;
+    json!({
+        "name": webhook.name,
+        "company": webhook.company,
+        "method": webhook.method.as_str(),
+        "url": webhook.definition.get("url"),
+        "execution": "sync",
+        "timeout_ms": webhook.timeout.as_millis() as u64,
+        "variables": webhook.variables.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        "source": webhook.source.display().to_string(),
+        "revision": webhook.revision,
+        "state": served.state,
+    })
+}
+
+async fn admin(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = request.uri().path();
+    match (request.method(), path) {
+        (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => {
+            let ready = state.registry.snapshot().ready() && !state.draining.load(Ordering::SeqCst);
+            let (status, word) = if ready {
+                (StatusCode::OK, "ready")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            };
+            Ok(json_response(status, &json!({"status": word})))
+        }
+        (&Method::GET, "/-/config") => Ok(json_response(StatusCode::OK, &config_report(state))),
+        (&Method::POST, "/-/reload") => {
+            app::reload(state, "admin").await;
+            Ok(json_response(StatusCode::OK, &config_report(state)))
+        }
+        (_, "/healthz" | "/readyz" | "/-/config" | "/-/reload") => Err(ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{} is not allowed on {path}", request.method()),
+        )),
+        _ => Err(not_found(path)),
+    }
+}
+
+/// `GET /-/config`: the reload state and every file's state and errors.
+pub fn config_report(state: &State) -> serde_json::Value {
+    let snapshot = state.registry.snapshot();
+    let last = snapshot.last_reload.as_ref().map(|r| {
+        json!({
+            "at": r.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            "duration_ms": r.duration.as_secs_f64() * 1000.0,
+            "result": if r.success { "success" } else { "failure" },
+            "error": r.error,
+        })
+    });
+    let files: Vec<serde_json::Value> = snapshot
+        .loaded
+        .iter()
+        .flat_map(|loaded| loaded.files.iter())
+        .map(|file| {
+            json!({
+                "path": file.path.display().to_string(),
+                "name": file.name,
+                "kind": file.kind,
+                "state": file.state,
+                "errors": file.errors.iter().map(|p| json!({
+                    "line": p.line, "column": p.column, "message": p.message,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "directory": state.dir.display().to_string(),
+        "ready": snapshot.ready(),
+        "revision": snapshot.revision,
+        "last_reload": last,
+        "webhooks": snapshot.loaded.as_ref().map_or(0, |l| l.webhooks.len()),
+        "stale": snapshot.loaded.as_ref().map_or(0, |l| l.webhooks.values().filter(|s| s.state == FileState::Stale).count()),
+        "files": files,
+    })
+}
+
+/// A JSON response with `status`.
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"token", b"token"));
+        assert!(!constant_time_eq(b"token", b"tokex"));
+        assert!(!constant_time_eq(b"token", b"token2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}
