@@ -225,13 +225,7 @@ pub async fn invoke(
 ) -> Result<Invocation, ApiError> {
     let started = Instant::now();
     let data = template_data(webhook, conversation);
-    let data_value = Value::from_object(TemplateData {
-        conversation: data.conversation.clone(),
-        context: data.context.clone(),
-        webhook: data.webhook.clone(),
-        answer: None,
-    });
-    let rendered = render_request(webhook, &data_value)?;
+    let rendered = render_request(webhook, &data.clone().into_value())?;
     if let Some(message) = upstream.literal_denied(&webhook.url.host) {
         return Err(ApiError::new(ErrorKind::DestinationDenied, message).for_webhook(&webhook.name));
     }

@@ -165,7 +165,8 @@ pub struct UrlTemplate {
 
 /// The data every request template sees: the conversation's keys at the top level, plus
 /// `context` and `webhook`; for Custom Variables also `response`, `status` and `headers`.
-#[derive(Debug)]
+/// Cloning is cheap: every field is a reference-counted template value.
+#[derive(Clone, Debug)]
 pub struct TemplateData {
     /// The conversation object the bot sent.
     pub conversation: Value,
@@ -178,7 +179,7 @@ pub struct TemplateData {
 }
 
 /// The upstream answer as variables see it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct AnswerData {
     /// The parsed response body.
     pub response: Value,
@@ -710,7 +711,7 @@ l = "plain"
             "https://eu.api.example/v1/..%2F..%2Fadmin%3Fx%3D1%23f?q=a%26b%3Dc&k=v"
         );
         let dots = url.render(&data(json!({"id": ".."})), "").expect("renders");
-        assert_eq!(dots, "https://eu.api.example/v1/%2E%2E");
+        assert_eq!(dots, "https://eu.api.example/v1/%2E%2E?q=");
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! The request path end to end: methods, auth, headers, query, bodies, context values,
+//! hostile conversation values, variables and non-2xx answers.
+
+use serde_json::json;
+
+use crate::util::{Dir, Hookside, Reply, Upstream};
+
+fn webhook(upstream: &Upstream, extra: &str) -> String {
+    format!(
+        "company = \"acme\"\nurl = \"http://{}/api/{{{{ extractedData.id }}}}\"\n{extra}",
+        upstream.host()
+    )
+}
+
+#[tokio::test]
+async fn every_method_reaches_the_upstream() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({"ok": 1}))).await;
+    let dir = Dir::new();
+    let methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    for method in methods {
+        let case = if method == "PATCH" { "patch" } else { method };
+        dir.file(
+            &format!("{}.toml", method.to_lowercase()),
+            &webhook(&upstream, &format!("method = \"{case}\"")),
+        );
+    }
+    let hookside = Hookside::start(dir.path()).await;
+    for method in methods {
+        let (status, answer) = hookside
+            .invoke(&method.to_lowercase(), json!({"extractedData": {"id": 1}}))
+            .await;
+        assert_eq!(status, 200, "{method}: {answer}");
+        let expected = if method == "HEAD" { json!(null) } else { json!({"ok": 1}) };
+        assert_eq!(answer["response"], expected, "{method}");
+    }
+    let seen: Vec<String> = upstream.seen().iter().map(|s| s.method.to_string()).collect();
+    assert_eq!(seen, methods);
+}
+
+#[tokio::test]
+async fn auth_types_send_the_exact_authorization_header() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    dir.file("secrets/token", "tok-123\n");
+    dir.file("none.toml", &webhook(&upstream, ""));
+    dir.file(
+        "basic.toml",
+        &webhook(&upstream, "[auth]\ntype = \"basic\"\nusername = \"ada\"\npassword = \"${file:secrets/token}\"\n"),
+    );
+    dir.file(
+        "bearer.toml",
+        &webhook(&upstream, "[auth]\ntype = \"bearer\"\ntoken = \"${file:secrets/token}\"\n"),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    for name in ["none", "basic", "bearer"] {
+        let (status, answer) = hookside.invoke(name, json!({})).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen[0].header("authorization"), None);
+    // base64("ada:tok-123"): the file's trailing newline is trimmed.
+    assert_eq!(seen[1].header("authorization"), Some("Basic YWRhOnRvay0xMjM="));
+    assert_eq!(seen[2].header("authorization"), Some("Bearer tok-123"));
+}
+
+#[tokio::test]
+async fn headers_query_and_typed_json_body() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    dir.file("k", "key-9");
+    dir.file(
+        "w.toml",
+        &format!(
+            r#"company = "acme"
+method = "POST"
+url = "http://{}/items?fixed=1"
+[headers]
+X-Session = "{{{{ sessionId }}}}"
+X-Api-Key = "k-${{file:k}}"
+X-Lang = "{{{{ customVariables.lang | default('en') }}}}"
+[query]
+tag = ["a", "{{{{ reply }}}}"]
+empty = "{{{{ nothing }}}}"
+[body]
+number = "{{{{ extractedData.count }}}}"
+object = "{{{{ extractedData }}}}"
+list = "{{{{ extractedData.list }}}}"
+flag = "{{{{ extractedData.flag }}}}"
+missing = "{{{{ extractedData.nope }}}}"
+text = "n={{{{ extractedData.count }}}}"
+literal = 5
+nested = {{ session = "{{{{ sessionId }}}}", fixed = [1, 2] }}
+"#,
+            upstream.host()
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let conversation = json!({
+        "sessionId": "s-1", "reply": "x y&z",
+        "extractedData": {"count": 3, "list": [1, "b"], "flag": true}
+    });
+    let (status, answer) = hookside.invoke("w", conversation).await;
+    assert_eq!(status, 200, "{answer}");
+    let seen = upstream.only();
+    assert_eq!(seen.header("x-session"), Some("s-1"));
+    assert_eq!(seen.header("x-api-key"), Some("k-key-9"));
+    assert_eq!(seen.header("x-lang"), Some("en"));
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    assert_eq!(seen.target, "/items?fixed=1&empty=&tag=a&tag=x%20y%26z");
+    assert_eq!(
+        seen.json(),
+        json!({
+            "number": 3, "object": {"count": 3, "list": [1, "b"], "flag": true},
+            "list": [1, "b"], "flag": true, "missing": null, "text": "n=3", "literal": 5,
+            "nested": {"session": "s-1", "fixed": [1, 2]}
+        })
+    );
+}
+
+#[tokio::test]
+async fn text_body_is_sent_as_rendered() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    dir.file(
+        "note.toml",
+        &format!(
+            "company = \"acme\"\nmethod = \"PUT\"\nurl = \"http://{}/note\"\nbody = '''Hi {{{{ firstName | default(\"there\") }}}}: {{{{ reply }}}} {{{{ missing }}}}|'''\n",
+            upstream.host()
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("note", json!({"reply": "{{ 7*7 }} \"q\""})).await;
+    assert_eq!(status, 200, "{answer}");
+    let seen = upstream.only();
+    // Conversation text is data, never a template; a missing value renders empty.
+    assert_eq!(String::from_utf8_lossy(&seen.body), "Hi there: {{ 7*7 }} \"q\" |");
+    assert_eq!(seen.header("content-type"), Some("text/plain; charset=utf-8"));
+}
+
+#[tokio::test]
+async fn context_values_fill_host_and_path_and_hostile_values_stay_in_their_segment() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    let port = upstream.addr.port();
+    dir.file(
+        "w.toml",
+        &format!(
+            r#"company = "acme"
+url = "http://{{{{ context.host }}}}:{{{{ context.port }}}}/{{{{ context.version }}}}/orders/{{{{ extractedData.id }}}}?q={{{{ reply }}}}"
+[context]
+host = "127.0.0.1"
+port = {port}
+version = "v2"
+"#
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let hostile = [
+        ("../../admin", "/v2/orders/..%2F..%2Fadmin"),
+        ("x?admin=1", "/v2/orders/x%3Fadmin%3D1"),
+        ("evil.example/", "/v2/orders/evil.example%2F"),
+        ("@evil.example", "/v2/orders/%40evil.example"),
+        ("#frag", "/v2/orders/%23frag"),
+        ("..", "/v2/orders/%2E%2E"),
+    ];
+    for (value, _) in hostile {
+        let (status, answer) = hookside
+            .invoke("w", json!({"extractedData": {"id": value}, "reply": "a&b=c#d"}))
+            .await;
+        assert_eq!(status, 200, "{value}: {answer}");
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), hostile.len(), "every request reached the same upstream");
+    for (request, (value, path)) in seen.iter().zip(hostile) {
+        assert_eq!(request.target, format!("{path}?q=a%26b%3Dc%23d"), "{value}");
+        assert_eq!(request.header("host"), Some(upstream.host().as_str()), "{value}");
+    }
+}
+
+#[tokio::test]
+async fn variables_map_jinja_and_jsonpath_with_types_and_missing() {
+    let upstream = Upstream::fixed(Reply::json(
+        200,
+        json!({"a": {"b": [{"n": 1.5, "tag": "X"}, {"n": 7, "tag": "Y"}]}, "ok": true, "nothing": null}),
+    ))
+    .await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &webhook(
+            &upstream,
+            r#"[variables]
+first = "response.a.b[0].n"
+upper = "{{ response.a.b[1].tag | lower }}"
+count = "response.a.b | length"
+flag = "response.ok"
+session = "sessionId"
+status_code = "status"
+path_one = "$.a.b[1].n"
+path_filter = "$.a.b[?@.n > 2].tag"
+path_all = "$.a.b[*].n"
+found_null = "$.nothing"
+gone = "response.not.there"
+gone_path = "$.not.there"
+"#,
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("w", json!({"sessionId": "s-9"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["variables"],
+        json!({
+            "first": 1.5, "upper": "y", "count": 2, "flag": true, "session": "s-9",
+            "status_code": 200, "path_one": 7, "path_filter": ["Y"], "path_all": [1.5, 7],
+            "found_null": null, "gone": null, "gone_path": null
+        })
+    );
+    assert_eq!(answer["missing"], json!(["gone", "gone_path"]));
+    assert_eq!(answer["ok"], true);
+    assert!(answer["duration_ms"].as_f64().expect("number") >= 0.0);
+}
+
+#[tokio::test]
+async fn a_non_2xx_answer_is_200_with_ok_false_and_mapped() {
+    let upstream = Upstream::fixed(Reply::json(404, json!({"error": "no such order"}))).await;
+    let dir = Dir::new();
+    dir.file("w.toml", &webhook(&upstream, "[variables]\nwhy = \"response.error\"\n"));
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("w", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["status"], 404);
+    assert_eq!(answer["ok"], false);
+    assert_eq!(answer["variables"]["why"], "no such order");
+    assert_eq!(answer["response"], json!({"error": "no such order"}));
+}
+
+#[tokio::test]
+async fn a_redirect_is_the_upstreams_answer_and_not_followed() {
+    let upstream = Upstream::start(|_| {
+        let mut reply = Reply::json(302, json!({"moved": true}));
+        reply.headers.push(("location".into(), "http://169.254.169.254/latest".into()));
+        reply
+    })
+    .await;
+    let dir = Dir::new();
+    dir.file("w.toml", &webhook(&upstream, ""));
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("w", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!((answer["status"].as_u64(), answer["ok"].as_bool()), (Some(302), Some(false)));
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_echoing_a_secret_has_it_replaced() {
+    let upstream = Upstream::start(|seen| {
+        Reply::json(200, json!({"echo": seen.header("authorization"), "key": seen.header("x-key")}))
+    })
+    .await;
+    let dir = Dir::new();
+    dir.file("t", "canary-secret-value");
+    dir.file(
+        "w.toml",
+        &webhook(
+            &upstream,
+            "[auth]\ntype = \"bearer\"\ntoken = \"${file:t}\"\n[headers]\nX-Key = \"${file:t}\"\n[variables]\nleak = \"response.echo\"\n",
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("w", json!({})).await;
+    assert_eq!(status, 200);
+    let text = answer.to_string();
+    assert!(!text.contains("canary-secret-value"), "{text}");
+    assert_eq!(answer["variables"]["leak"], "Bearer ***");
+    assert_eq!(answer["response"]["key"], "***");
+}
