@@ -11,7 +11,10 @@ use hookside::config::Settings;
 use crate::util::{Dir, Hookside, Reply, Upstream, assert_error, parse, send};
 
 fn simple(dir: &Dir, name: &str, url: &str, extra: &str) {
-    dir.file(&format!("{name}.toml"), &format!("company = \"acme\"\nurl = \"{url}\"\n{extra}"));
+    dir.file(
+        &format!("{name}.toml"),
+        &format!("company = \"acme\"\nurl = \"{url}\"\n{extra}"),
+    );
 }
 
 #[tokio::test]
@@ -27,7 +30,11 @@ async fn bad_bodies_are_400_and_unknown_webhooks_404() {
         assert_error(&answer, 400, "bad_request");
         assert_eq!(answer.1["error"]["webhook"], "w");
     }
-    assert_error(&hookside.invoke("nope", json!({})).await, 404, "unknown_webhook");
+    assert_error(
+        &hookside.invoke("nope", json!({})).await,
+        404,
+        "unknown_webhook",
+    );
     assert!(upstream.seen().is_empty());
     let (status, _, answer) = send(Method::PUT, &url, &[], Vec::new()).await;
     assert_error(&(status, parse(&answer)), 405, "method_not_allowed");
@@ -53,14 +60,28 @@ async fn a_body_over_the_limit_is_413() {
 async fn a_header_rendering_cr_lf_or_nul_is_422_and_nothing_is_sent() {
     let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
     let dir = Dir::new();
-    simple(&dir, "w", &format!("http://{}/", upstream.host()), "[headers]\nX-Reply = \"{{ reply }}\"\n");
-    simple(&dir, "broken", &format!("http://{}/", upstream.host()), "[body]\nx = \"{{ reply | no_such_filter }}\"\n");
+    simple(
+        &dir,
+        "w",
+        &format!("http://{}/", upstream.host()),
+        "[headers]\nX-Reply = \"{{ reply }}\"\n",
+    );
+    simple(
+        &dir,
+        "broken",
+        &format!("http://{}/", upstream.host()),
+        "[body]\nx = \"{{ reply | no_such_filter }}\"\n",
+    );
     let hookside = Hookside::start(dir.path()).await;
     for value in ["a\r\nX-Injected: 1", "a\nb", "a\u{0}b"] {
         let answer = hookside.invoke("w", json!({"reply": value})).await;
         assert_error(&answer, 422, "render_error");
     }
-    assert_error(&hookside.invoke("broken", json!({"reply": "x"})).await, 422, "render_error");
+    assert_error(
+        &hookside.invoke("broken", json!({"reply": "x"})).await,
+        422,
+        "render_error",
+    );
     assert!(upstream.seen().is_empty(), "nothing reached the upstream");
 }
 
@@ -75,21 +96,47 @@ async fn upstream_failures_are_502_and_504() {
     let dir = Dir::new();
     simple(&dir, "invalid", &format!("http://{}/", invalid.host()), "");
     simple(&dir, "huge", &format!("http://{}/", huge.host()), "");
-    simple(&dir, "slow", &format!("http://{}/", slow.host()), "timeout = \"300ms\"\n");
+    simple(
+        &dir,
+        "slow",
+        &format!("http://{}/", slow.host()),
+        "timeout = \"300ms\"\n",
+    );
     simple(&dir, "down", &format!("http://{closed_addr}/"), "");
     let hookside = Hookside::start(dir.path()).await;
-    assert_error(&hookside.invoke("invalid", json!({})).await, 502, "upstream_invalid_response");
-    assert_error(&hookside.invoke("huge", json!({})).await, 502, "upstream_invalid_response");
-    assert_error(&hookside.invoke("down", json!({})).await, 502, "upstream_unreachable");
+    assert_error(
+        &hookside.invoke("invalid", json!({})).await,
+        502,
+        "upstream_invalid_response",
+    );
+    assert_error(
+        &hookside.invoke("huge", json!({})).await,
+        502,
+        "upstream_invalid_response",
+    );
+    assert_error(
+        &hookside.invoke("down", json!({})).await,
+        502,
+        "upstream_unreachable",
+    );
     let started = std::time::Instant::now();
-    assert_error(&hookside.invoke("slow", json!({})).await, 504, "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_secs(3), "the timeout cut the call short");
+    assert_error(
+        &hookside.invoke("slow", json!({})).await,
+        504,
+        "upstream_timeout",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout cut the call short"
+    );
 }
 
 #[tokio::test]
 async fn the_timeout_covers_a_body_that_drips() {
     // Headers come at once, the body never finishes: only a whole-exchange timeout ends it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
@@ -103,9 +150,18 @@ async fn the_timeout_covers_a_body_that_drips() {
         }
     });
     let dir = Dir::new();
-    simple(&dir, "drip", &format!("http://{addr}/"), "timeout = \"400ms\"\n");
+    simple(
+        &dir,
+        "drip",
+        &format!("http://{addr}/"),
+        "timeout = \"400ms\"\n",
+    );
     let hookside = Hookside::start(dir.path()).await;
-    assert_error(&hookside.invoke("drip", json!({})).await, 504, "upstream_timeout");
+    assert_error(
+        &hookside.invoke("drip", json!({})).await,
+        504,
+        "upstream_timeout",
+    );
 }
 
 #[tokio::test]
@@ -135,18 +191,48 @@ async fn a_destination_in_a_denied_network_is_refused_after_resolving() {
     let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
     let dir = Dir::new();
     // `localhost` resolves to loopback, which this test denies.
-    simple(&dir, "byname", &format!("http://localhost:{}/", upstream.addr.port()), "");
-    simple(&dir, "literal", &format!("http://127.0.0.1:{}/", upstream.addr.port()), "");
-    simple(&dir, "metadata", "http://169.254.169.254/latest/meta-data", "");
+    simple(
+        &dir,
+        "byname",
+        &format!("http://localhost:{}/", upstream.addr.port()),
+        "",
+    );
+    simple(
+        &dir,
+        "literal",
+        &format!("http://127.0.0.1:{}/", upstream.addr.port()),
+        "",
+    );
+    simple(
+        &dir,
+        "metadata",
+        "http://169.254.169.254/latest/meta-data",
+        "",
+    );
     let settings = Settings {
-        deny_networks: vec!["127.0.0.0/8".parse().expect("net"), "::1/128".parse().expect("net")],
+        deny_networks: vec![
+            "127.0.0.0/8".parse().expect("net"),
+            "::1/128".parse().expect("net"),
+        ],
         ..Settings::default()
     };
     let hookside = Hookside::with_settings(dir.path(), settings).await;
-    assert_error(&hookside.invoke("byname", json!({})).await, 502, "destination_denied");
-    assert_error(&hookside.invoke("literal", json!({})).await, 502, "destination_denied");
+    assert_error(
+        &hookside.invoke("byname", json!({})).await,
+        502,
+        "destination_denied",
+    );
+    assert_error(
+        &hookside.invoke("literal", json!({})).await,
+        502,
+        "destination_denied",
+    );
     assert!(upstream.seen().is_empty());
     // The default policy (link-local, metadata) applies without a config file.
     let defaults = Hookside::start(dir.path()).await;
-    assert_error(&defaults.invoke("metadata", json!({})).await, 502, "destination_denied");
+    assert_error(
+        &defaults.invoke("metadata", json!({})).await,
+        502,
+        "destination_denied",
+    );
 }

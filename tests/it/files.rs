@@ -28,12 +28,18 @@ async fn a_missing_secret_fails_only_its_file() {
         .clone();
     assert_eq!(bad["state"], "error");
     assert_eq!(bad["errors"][0]["line"], 5);
-    assert!(bad["errors"][0]["message"].as_str().expect("message").contains("auth.token"));
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("auth.token")
+    );
 }
 
 #[tokio::test]
 async fn secrets_from_env_reach_only_the_upstream() {
-    let upstream = Upstream::start(|seen| Reply::json(200, json!({"got": seen.header("x-key")}))).await;
+    let upstream =
+        Upstream::start(|seen| Reply::json(200, json!({"got": seen.header("x-key")}))).await;
     let dir = Dir::new();
     dir.file(
         "w.toml",
@@ -46,7 +52,10 @@ async fn secrets_from_env_reach_only_the_upstream() {
     let process = Process::serve(
         dir.path(),
         &[],
-        &[("HOOKSIDE_IT_TOKEN", "env-token-1"), ("HOOKSIDE_IT_KEY", "env-key-2")],
+        &[
+            ("HOOKSIDE_IT_TOKEN", "env-token-1"),
+            ("HOOKSIDE_IT_KEY", "env-key-2"),
+        ],
     );
     let (status, _, body) = send(
         http::Method::POST,
@@ -78,10 +87,16 @@ async fn secrets_from_env_reach_only_the_upstream() {
     .await;
     let config = String::from_utf8_lossy(&config).into_owned();
     assert!(config.contains("HOOKSIDE_IT_SURELY_UNSET"), "{config}");
-    assert!(!config.contains("env-token-1") && !config.contains("env-key-2"), "{config}");
+    assert!(
+        !config.contains("env-token-1") && !config.contains("env-key-2"),
+        "{config}"
+    );
     let log = process.log();
     assert!(log.contains("HOOKSIDE_IT_SURELY_UNSET"), "{log}");
-    assert!(!log.contains("env-token-1") && !log.contains("env-key-2"), "{log}");
+    assert!(
+        !log.contains("env-token-1") && !log.contains("env-key-2"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -147,8 +162,14 @@ async fn extends_cycles_and_unknown_templates_are_errors_of_the_extending_file()
     let dir = Dir::new();
     dir.file("a.toml", "kind = \"template\"\nextends = \"b\"\n");
     dir.file("b.toml", "kind = \"template\"\nextends = \"a\"\n");
-    dir.file("w.toml", "extends = \"a\"\ncompany = \"x\"\nurl = \"http://127.0.0.1:9/\"\n");
-    dir.file("u.toml", "company = \"x\"\nurl = \"http://127.0.0.1:9/\"\n\nextends = \"nowhere\"\n");
+    dir.file(
+        "w.toml",
+        "extends = \"a\"\ncompany = \"x\"\nurl = \"http://127.0.0.1:9/\"\n",
+    );
+    dir.file(
+        "u.toml",
+        "company = \"x\"\nurl = \"http://127.0.0.1:9/\"\n\nextends = \"nowhere\"\n",
+    );
     let hookside = Hookside::start(dir.path()).await;
     let (_, config) = hookside.admin_get("/-/config").await;
     let message = |name: &str| -> String {
@@ -157,11 +178,19 @@ async fn extends_cycles_and_unknown_templates_are_errors_of_the_extending_file()
             .expect("files")
             .iter()
             .find(|f| f["name"] == name)
-            .map(|f| f["errors"][0]["message"].as_str().unwrap_or_default().to_owned())
+            .map(|f| {
+                f["errors"][0]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .unwrap_or_default()
     };
     assert!(message("w").contains("cycle"), "{config}");
-    assert!(message("u").contains("no template named \"nowhere\""), "{config}");
+    assert!(
+        message("u").contains("no template named \"nowhere\""),
+        "{config}"
+    );
     let unknown_line = config["files"]
         .as_array()
         .expect("files")
@@ -174,21 +203,63 @@ async fn extends_cycles_and_unknown_templates_are_errors_of_the_extending_file()
 #[tokio::test]
 async fn names_default_to_the_stem_and_duplicates_keep_the_first_path() {
     let dir = Dir::new();
-    dir.file("a/order.toml", "company = \"x\"\nurl = \"http://127.0.0.1:9/a\"\n");
-    dir.file("b/other.toml", "name = \"order\"\ncompany = \"x\"\nurl = \"http://127.0.0.1:9/b\"\n");
+    dir.file(
+        "a/order.toml",
+        "company = \"x\"\nurl = \"http://127.0.0.1:9/a\"\n",
+    );
+    dir.file(
+        "b/other.toml",
+        "name = \"order\"\ncompany = \"x\"\nurl = \"http://127.0.0.1:9/b\"\n",
+    );
     dir.file(".hidden/skip.toml", "this is not toml");
     dir.file("notes.txt", "ignored");
-    dir.file("deep/er/thing.toml", "company = \"x\"\nurl = \"http://127.0.0.1:9/c\"\nbogus = 1\n");
+    dir.file(
+        "deep/er/thing.toml",
+        "company = \"x\"\nurl = \"http://127.0.0.1:9/c\"\nbogus = 1\n",
+    );
     let hookside = Hookside::start(dir.path()).await;
     let (_, listing) = hookside.get("/v1/webhooks/order").await;
-    assert!(listing["source"].as_str().expect("source").ends_with("a/order.toml"), "{listing}");
+    assert!(
+        listing["source"]
+            .as_str()
+            .expect("source")
+            .ends_with("a/order.toml"),
+        "{listing}"
+    );
     let (_, config) = hookside.admin_get("/-/config").await;
     let files = config["files"].as_array().expect("files");
-    assert_eq!(files.len(), 3, "hidden folders and other files are skipped: {config}");
-    let other = files.iter().find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("other.toml"))).expect("other");
-    assert!(other["errors"][0]["message"].as_str().expect("m").contains("already used by"), "{other}");
-    let thing = files.iter().find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("thing.toml"))).expect("thing");
-    assert_eq!(thing["errors"][0]["line"], 3, "an unknown key is an error at its line");
+    assert_eq!(
+        files.len(),
+        3,
+        "hidden folders and other files are skipped: {config}"
+    );
+    let other = files
+        .iter()
+        .find(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("other.toml"))
+        })
+        .expect("other");
+    assert!(
+        other["errors"][0]["message"]
+            .as_str()
+            .expect("m")
+            .contains("already used by"),
+        "{other}"
+    );
+    let thing = files
+        .iter()
+        .find(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("thing.toml"))
+        })
+        .expect("thing");
+    assert_eq!(
+        thing["errors"][0]["line"], 3,
+        "an unknown key is an error at its line"
+    );
 }
 
 #[tokio::test]
@@ -203,7 +274,18 @@ async fn listing_and_description_hide_secrets() {
     let (status, listing) = hookside.get("/v1/webhooks").await;
     assert_eq!(status, 200);
     let entry = &listing["webhooks"][0];
-    for key in ["name", "company", "method", "url", "execution", "timeout_ms", "variables", "source", "revision", "state"] {
+    for key in [
+        "name",
+        "company",
+        "method",
+        "url",
+        "execution",
+        "timeout_ms",
+        "variables",
+        "source",
+        "revision",
+        "state",
+    ] {
         assert!(entry.get(key).is_some(), "{key} missing in {entry}");
     }
     assert_eq!(entry["state"], "ok");
@@ -225,7 +307,10 @@ async fn invalid_fields_are_reported_with_their_line() {
     );
     let hookside = Hookside::start(dir.path()).await;
     let (_, config) = hookside.admin_get("/-/config").await;
-    let errors = config["files"][0]["errors"].as_array().expect("errors").clone();
+    let errors = config["files"][0]["errors"]
+        .as_array()
+        .expect("errors")
+        .clone();
     let at = |needle: &str| -> Option<u64> {
         errors
             .iter()

@@ -30,10 +30,18 @@ async fn every_method_reaches_the_upstream() {
             .invoke(&method.to_lowercase(), json!({"extractedData": {"id": 1}}))
             .await;
         assert_eq!(status, 200, "{method}: {answer}");
-        let expected = if method == "HEAD" { json!(null) } else { json!({"ok": 1}) };
+        let expected = if method == "HEAD" {
+            json!(null)
+        } else {
+            json!({"ok": 1})
+        };
         assert_eq!(answer["response"], expected, "{method}");
     }
-    let seen: Vec<String> = upstream.seen().iter().map(|s| s.method.to_string()).collect();
+    let seen: Vec<String> = upstream
+        .seen()
+        .iter()
+        .map(|s| s.method.to_string())
+        .collect();
     assert_eq!(seen, methods);
 }
 
@@ -45,11 +53,17 @@ async fn auth_types_send_the_exact_authorization_header() {
     dir.file("none.toml", &webhook(&upstream, ""));
     dir.file(
         "basic.toml",
-        &webhook(&upstream, "[auth]\ntype = \"basic\"\nusername = \"ada\"\npassword = \"${file:secrets/token}\"\n"),
+        &webhook(
+            &upstream,
+            "[auth]\ntype = \"basic\"\nusername = \"ada\"\npassword = \"${file:secrets/token}\"\n",
+        ),
     );
     dir.file(
         "bearer.toml",
-        &webhook(&upstream, "[auth]\ntype = \"bearer\"\ntoken = \"${file:secrets/token}\"\n"),
+        &webhook(
+            &upstream,
+            "[auth]\ntype = \"bearer\"\ntoken = \"${file:secrets/token}\"\n",
+        ),
     );
     let hookside = Hookside::start(dir.path()).await;
     for name in ["none", "basic", "bearer"] {
@@ -59,7 +73,10 @@ async fn auth_types_send_the_exact_authorization_header() {
     let seen = upstream.seen();
     assert_eq!(seen[0].header("authorization"), None);
     // base64("ada:tok-123"): the file's trailing newline is trimmed.
-    assert_eq!(seen[1].header("authorization"), Some("Basic YWRhOnRvay0xMjM="));
+    assert_eq!(
+        seen[1].header("authorization"),
+        Some("Basic YWRhOnRvay0xMjM=")
+    );
     assert_eq!(seen[2].header("authorization"), Some("Bearer tok-123"));
 }
 
@@ -129,12 +146,20 @@ async fn text_body_is_sent_as_rendered() {
         ),
     );
     let hookside = Hookside::start(dir.path()).await;
-    let (status, answer) = hookside.invoke("note", json!({"reply": "{{ 7*7 }} \"q\""})).await;
+    let (status, answer) = hookside
+        .invoke("note", json!({"reply": "{{ 7*7 }} \"q\""}))
+        .await;
     assert_eq!(status, 200, "{answer}");
     let seen = upstream.only();
     // Conversation text is data, never a template; a missing value renders empty.
-    assert_eq!(String::from_utf8_lossy(&seen.body), "Hi there: {{ 7*7 }} \"q\" |");
-    assert_eq!(seen.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        String::from_utf8_lossy(&seen.body),
+        "Hi there: {{ 7*7 }} \"q\" |"
+    );
+    assert_eq!(
+        seen.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
 }
 
 #[tokio::test]
@@ -165,15 +190,26 @@ version = "v2"
     ];
     for (value, _) in hostile {
         let (status, answer) = hookside
-            .invoke("w", json!({"extractedData": {"id": value}, "reply": "a&b=c#d"}))
+            .invoke(
+                "w",
+                json!({"extractedData": {"id": value}, "reply": "a&b=c#d"}),
+            )
             .await;
         assert_eq!(status, 200, "{value}: {answer}");
     }
     let seen = upstream.seen();
-    assert_eq!(seen.len(), hostile.len(), "every request reached the same upstream");
+    assert_eq!(
+        seen.len(),
+        hostile.len(),
+        "every request reached the same upstream"
+    );
     for (request, (value, path)) in seen.iter().zip(hostile) {
         assert_eq!(request.target, format!("{path}?q=a%26b%3Dc%23d"), "{value}");
-        assert_eq!(request.header("host"), Some(upstream.host().as_str()), "{value}");
+        assert_eq!(
+            request.header("host"),
+            Some(upstream.host().as_str()),
+            "{value}"
+        );
     }
 }
 
@@ -225,7 +261,10 @@ gone_path = "$.not.there"
 async fn a_non_2xx_answer_is_200_with_ok_false_and_mapped() {
     let upstream = Upstream::fixed(Reply::json(404, json!({"error": "no such order"}))).await;
     let dir = Dir::new();
-    dir.file("w.toml", &webhook(&upstream, "[variables]\nwhy = \"response.error\"\n"));
+    dir.file(
+        "w.toml",
+        &webhook(&upstream, "[variables]\nwhy = \"response.error\"\n"),
+    );
     let hookside = Hookside::start(dir.path()).await;
     let (status, answer) = hookside.invoke("w", json!({})).await;
     assert_eq!(status, 200);
@@ -239,7 +278,9 @@ async fn a_non_2xx_answer_is_200_with_ok_false_and_mapped() {
 async fn a_redirect_is_the_upstreams_answer_and_not_followed() {
     let upstream = Upstream::start(|_| {
         let mut reply = Reply::json(302, json!({"moved": true}));
-        reply.headers.push(("location".into(), "http://169.254.169.254/latest".into()));
+        reply
+            .headers
+            .push(("location".into(), "http://169.254.169.254/latest".into()));
         reply
     })
     .await;
@@ -248,14 +289,20 @@ async fn a_redirect_is_the_upstreams_answer_and_not_followed() {
     let hookside = Hookside::start(dir.path()).await;
     let (status, answer) = hookside.invoke("w", json!({})).await;
     assert_eq!(status, 200);
-    assert_eq!((answer["status"].as_u64(), answer["ok"].as_bool()), (Some(302), Some(false)));
+    assert_eq!(
+        (answer["status"].as_u64(), answer["ok"].as_bool()),
+        (Some(302), Some(false))
+    );
     assert_eq!(upstream.seen().len(), 1);
 }
 
 #[tokio::test]
 async fn an_upstream_echoing_a_secret_has_it_replaced() {
     let upstream = Upstream::start(|seen| {
-        Reply::json(200, json!({"echo": seen.header("authorization"), "key": seen.header("x-key")}))
+        Reply::json(
+            200,
+            json!({"echo": seen.header("authorization"), "key": seen.header("x-key")}),
+        )
     })
     .await;
     let dir = Dir::new();

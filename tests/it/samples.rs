@@ -55,14 +55,28 @@ async fn every_sample_webhook_answers_against_the_example_upstream() {
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = Dir::new();
-    copy_tree(&root.join("webhooks.d"), &dir.path().join("webhooks.d"), &address);
-    copy_tree(&root.join("examples/secrets"), &dir.path().join("examples/secrets"), &address);
+    copy_tree(
+        &root.join("webhooks.d"),
+        &dir.path().join("webhooks.d"),
+        &address,
+    );
+    copy_tree(
+        &root.join("examples/secrets"),
+        &dir.path().join("examples/secrets"),
+        &address,
+    );
     let process = Process::serve(
         &dir.path().join("webhooks.d"),
         &[],
         &[("HOOKSIDE_DEMO_CRM_PASSWORD", "crm-demo-password")],
     );
-    let (_, _, listing) = send(http::Method::GET, &format!("http://{}/v1/webhooks", process.bot), &[], Vec::new()).await;
+    let (_, _, listing) = send(
+        http::Method::GET,
+        &format!("http://{}/v1/webhooks", process.bot),
+        &[],
+        Vec::new(),
+    )
+    .await;
     let listing = parse(&listing);
     let names: Vec<String> = listing["webhooks"]
         .as_array()
@@ -80,13 +94,28 @@ async fn every_sample_webhook_answers_against_the_example_upstream() {
     let first = format!("http://{}/v1/webhooks/{}", process.bot, names[0]);
     let ready = crate::util::eventually(std::time::Duration::from_secs(10), || {
         let first = first.clone();
-        async move { send(http::Method::POST, &first, &[], b"{}".to_vec()).await.0 != 502 }
+        async move {
+            send(http::Method::POST, &first, &[], b"{}".to_vec())
+                .await
+                .0
+                != 502
+        }
     })
     .await;
-    assert!(ready, "the example upstream did not come up: {}", process.log());
+    assert!(
+        ready,
+        "the example upstream did not come up: {}",
+        process.log()
+    );
     for name in &names {
         let url = format!("http://{}/v1/webhooks/{name}", process.bot);
-        let (status, _, body) = send(http::Method::POST, &url, &[], conversation.to_string().into_bytes()).await;
+        let (status, _, body) = send(
+            http::Method::POST,
+            &url,
+            &[],
+            conversation.to_string().into_bytes(),
+        )
+        .await;
         let answer = parse(&body);
         assert_eq!(status, 200, "{name}: {answer}");
         assert_eq!(answer["ok"], true, "{name}: {answer}");

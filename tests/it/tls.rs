@@ -21,15 +21,17 @@ fn test_ca() -> (String, Arc<rustls::ServerConfig>) {
         .expect("leaf params")
         .signed_by(&leaf_key, &issuer)
         .expect("leaf cert");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .expect("server config");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    )
+    .expect("server config");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     (ca_cert.pem(), Arc::new(config))
 }
@@ -37,11 +39,15 @@ fn test_ca() -> (String, Arc<rustls::ServerConfig>) {
 #[tokio::test]
 async fn a_private_ca_works_only_with_ca_file_and_http2_is_negotiated() {
     let (ca_pem, server_config) = test_ca();
-    let upstream = Upstream::start_tls(server_config, |_| Reply::json(200, json!({"secure": true}))).await;
+    let upstream =
+        Upstream::start_tls(server_config, |_| Reply::json(200, json!({"secure": true}))).await;
     let dir = Dir::new();
     dir.file("certs/ca.pem", &ca_pem);
     let url = format!("https://localhost:{}/x", upstream.addr.port());
-    dir.file("without.toml", &format!("company = \"a\"\nurl = \"{url}\"\n"));
+    dir.file(
+        "without.toml",
+        &format!("company = \"a\"\nurl = \"{url}\"\n"),
+    );
     dir.file(
         "with.toml",
         &format!("company = \"a\"\nurl = \"{url}\"\n[tls]\nca_file = \"certs/ca.pem\"\n[variables]\ns = \"response.secure\"\n"),
@@ -49,13 +55,20 @@ async fn a_private_ca_works_only_with_ca_file_and_http2_is_negotiated() {
     let hookside = Hookside::start(dir.path()).await;
     let refused = hookside.invoke("without", json!({})).await;
     assert_error(&refused, 502, "upstream_unreachable");
-    let message = refused.1["error"]["message"].as_str().expect("message").to_owned();
+    let message = refused.1["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
     assert!(message.to_lowercase().contains("certificate"), "{message}");
     let (status, answer) = hookside.invoke("with", json!({})).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["variables"]["s"], true);
     let seen = upstream.seen();
-    assert_eq!(seen.len(), 1, "only the trusted call got through the handshake");
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the trusted call got through the handshake"
+    );
     assert_eq!(seen[0].version, http::Version::HTTP_2);
 }
 
@@ -63,10 +76,16 @@ async fn a_private_ca_works_only_with_ca_file_and_http2_is_negotiated() {
 async fn a_ca_file_that_is_not_pem_is_a_file_error() {
     let dir = Dir::new();
     dir.file("ca.pem", "not a certificate");
-    dir.file("w.toml", "company = \"a\"\nurl = \"https://localhost/\"\n[tls]\nca_file = \"ca.pem\"\n");
+    dir.file(
+        "w.toml",
+        "company = \"a\"\nurl = \"https://localhost/\"\n[tls]\nca_file = \"ca.pem\"\n",
+    );
     let hookside = Hookside::start(dir.path()).await;
     assert_eq!(hookside.invoke("w", json!({})).await.0, 404);
     let (_, config) = hookside.admin_get("/-/config").await;
-    let message = config["files"][0]["errors"][0]["message"].as_str().expect("message").to_owned();
+    let message = config["files"][0]["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
     assert!(message.contains("tls.ca_file"), "{message}");
 }

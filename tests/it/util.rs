@@ -89,7 +89,9 @@ pub struct Upstream {
 impl Upstream {
     /// Answers every request with `handler`.
     pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         Upstream::serve(listener, Arc::new(handler), None).await
     }
 
@@ -98,7 +100,9 @@ impl Upstream {
         config: Arc<rustls::ServerConfig>,
         handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
     ) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         Upstream::serve(listener, Arc::new(handler), Some(config)).await
     }
 
@@ -107,14 +111,20 @@ impl Upstream {
         Upstream::start(move |_| reply.clone()).await
     }
 
-    async fn serve(listener: TcpListener, handler: Handler, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
+    async fn serve(
+        listener: TcpListener,
+        handler: Handler,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Upstream {
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&seen);
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let handler = Arc::clone(&handler);
                 let recorded = Arc::clone(&recorded);
                 let acceptor = acceptor.clone();
@@ -124,11 +134,19 @@ impl Upstream {
                         let recorded = Arc::clone(&recorded);
                         async move {
                             let (parts, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let seen = Seen {
                                 method: parts.method,
                                 version: parts.version,
-                                target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                target: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
                                 headers: parts.headers,
                                 body,
                             };
@@ -136,7 +154,8 @@ impl Upstream {
                             let reply = handler(&seen);
                             tokio::time::sleep(reply.delay).await;
                             let mut response = Response::new(Full::new(Bytes::from(reply.body)));
-                            *response.status_mut() = StatusCode::from_u16(reply.status).expect("status");
+                            *response.status_mut() =
+                                StatusCode::from_u16(reply.status).expect("status");
                             for (name, value) in reply.headers {
                                 response.headers_mut().insert(
                                     http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
@@ -146,7 +165,8 @@ impl Upstream {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
@@ -154,7 +174,9 @@ impl Upstream {
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
                     }
                 });
@@ -171,7 +193,11 @@ impl Upstream {
     /// The one request received.
     pub fn only(&self) -> Seen {
         let seen = self.seen();
-        assert_eq!(seen.len(), 1, "expected exactly one upstream request, got {seen:#?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "expected exactly one upstream request, got {seen:#?}"
+        );
         seen.into_iter().next().expect("one")
     }
 
@@ -235,10 +261,18 @@ impl Hookside {
     pub async fn serve_state(state: Arc<State>) -> Hookside {
         let bot = TcpListener::bind("127.0.0.1:0").await.expect("bind bot");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let (bot_addr, admin_addr) = (bot.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+        let (bot_addr, admin_addr) = (
+            bot.local_addr().expect("addr"),
+            admin.local_addr().expect("addr"),
+        );
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let tasks = vec![
-            tokio::spawn(server::run(bot, Arc::clone(&state), Api::Bot, wait(stopped.clone()))),
+            tokio::spawn(server::run(
+                bot,
+                Arc::clone(&state),
+                Api::Bot,
+                wait(stopped.clone()),
+            )),
             tokio::spawn(server::run(admin, state, Api::Admin, wait(stopped))),
         ];
         Hookside {
@@ -263,13 +297,25 @@ impl Hookside {
 
     /// GETs a bot API path.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let (status, _, body) = send(Method::GET, &format!("http://{}{path}", self.bot), &[], Vec::new()).await;
+        let (status, _, body) = send(
+            Method::GET,
+            &format!("http://{}{path}", self.bot),
+            &[],
+            Vec::new(),
+        )
+        .await;
         (status, parse(&body))
     }
 
     /// GETs an admin API path.
     pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
-        let (status, _, body) = send(Method::GET, &format!("http://{}{path}", self.admin), &[], Vec::new()).await;
+        let (status, _, body) = send(
+            Method::GET,
+            &format!("http://{}{path}", self.admin),
+            &[],
+            Vec::new(),
+        )
+        .await;
         (status, parse(&body))
     }
 }
@@ -288,7 +334,12 @@ async fn wait(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Sends one request over a fresh connection.
-pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (StatusCode, HeaderMap, Bytes) {
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, Bytes) {
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
     let mut request = Request::builder().method(method).uri(url);
@@ -307,7 +358,8 @@ pub fn parse(body: &[u8]) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
 }
 
 /// Asserts an error answer's status and kind.
@@ -329,7 +381,14 @@ impl Process {
     pub fn serve(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_hookside"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
             .arg(dir)
             .args(extra)
             .env("RUST_LOG", "info")
