@@ -39,6 +39,9 @@ pub struct State {
     pub draining: AtomicBool,
     /// Serialises reloads, so two never build snapshots from the same previous one.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Set by the watcher; a `Notify` stores one permit, so a burst of signals while a
+    /// reload runs makes exactly one more reload.
+    pub reload_wanted: tokio::sync::Notify,
 }
 
 /// Options of `hookside serve`.
@@ -81,6 +84,7 @@ impl State {
             registry: Registry::default(),
             draining: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
+            reload_wanted: tokio::sync::Notify::new(),
         })
     }
 }
@@ -171,6 +175,16 @@ fn log_changes(
                 .collect()
         })
         .unwrap_or_default();
+    let quiet =
+        added.is_empty() && changed.is_empty() && removed.is_empty() && loaded.failed_files() == 0;
+    if quiet && previous.is_some() {
+        tracing::debug!(
+            reason,
+            webhooks = loaded.webhooks.len(),
+            "reloaded, nothing changed"
+        );
+        return;
+    }
     tracing::info!(
         reason,
         webhooks = loaded.webhooks.len(),
@@ -240,6 +254,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         "hookside listening"
     );
     reload(&state, "start").await;
+    let watcher = start_watching(&state, crate::watch::mode_from_env());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let refresher = tokio::spawn(keep_fresh(Arc::clone(&state), stop_rx.clone()));
@@ -258,6 +273,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     );
     refresher.abort();
     signals.abort();
+    drop(watcher);
     tracing::info!("stopped");
     Ok(())
 }
@@ -277,8 +293,17 @@ fn local(listener: &TcpListener) -> String {
         .map_or_else(|_| "?".to_owned(), |a: SocketAddr| a.to_string())
 }
 
-/// The periodic rescan, and a fast retry while the directory has not loaded.
-async fn keep_fresh(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+/// Starts the directory watcher; its signals wake [`keep_fresh`].
+pub fn start_watching(state: &Arc<State>, mode: crate::watch::Mode) -> crate::watch::Handle {
+    let signalled = Arc::clone(state);
+    crate::watch::spawn(state.dir.clone(), mode, move || {
+        signalled.reload_wanted.notify_one()
+    })
+}
+
+/// Reloads on the watcher's signal, every 30 s as a safety net, and every second while the
+/// directory has not loaded.
+pub async fn keep_fresh(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     loop {
         let wait = if state.registry.snapshot().ready() {
             RESCAN_INTERVAL
@@ -286,6 +311,7 @@ async fn keep_fresh(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             NOT_READY_RETRY
         };
         tokio::select! {
+            () = state.reload_wanted.notified() => reload(&state, "watch").await,
             () = tokio::time::sleep(wait) => reload(&state, "periodic").await,
             _ = stop.changed() => return,
         }

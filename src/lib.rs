@@ -15,6 +15,7 @@
 //! | [`pipeline`] | one invocation as named phases: route, data, render, call, map, answer |
 //! | [`server`] | the bot API and the admin API over hyper |
 //! | [`error`] | the one place where an error becomes an HTTP status and a JSON body |
+//! | [`watch`] | notify -> debounce -> "reload" signal; re-arms when the directory is replaced |
 //! | [`app`] | wiring for `hookside serve`: settings, first load, listeners, signals |
 
 pub mod app;
@@ -26,3 +27,4 @@ pub mod registry;
 pub mod render;
 pub mod server;
 pub mod upstream;
+pub mod watch;

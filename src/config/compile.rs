@@ -33,6 +33,8 @@ pub struct Webhook {
     pub source: PathBuf,
     /// A hash of the file and the templates it extends.
     pub revision: String,
+    /// The revision plus the secrets' current values: equal means nothing to recompile.
+    pub fingerprint: u64,
     /// The HTTP method.
     pub method: Method,
     /// The URL (fixed origin, templated path and query).
@@ -113,7 +115,8 @@ const RESERVED_HEADERS: [&str; 5] = [
 pub fn compile(
     def: &Def,
     fields: &Fields,
-    revision: String,
+    revision: u64,
+    fingerprint: u64,
     settings: &Settings,
     upstream: &Upstream,
 ) -> Result<Webhook, Vec<Problem>> {
@@ -384,7 +387,8 @@ pub fn compile(
         company,
         description: fields.description.as_ref().map(|d| d.value.clone()),
         source: def.file.path.to_path_buf(),
-        revision,
+        revision: format!("{revision:016x}"),
+        fingerprint,
         method,
         url,
         timeout,

@@ -35,6 +35,9 @@ pub struct Loaded {
     pub webhooks: BTreeMap<String, Served>,
     /// Every file found, in path order.
     pub files: Vec<FileReport>,
+    /// Parsed files by path with their content hash, so an unchanged file is not parsed
+    /// again on the next reload.
+    parsed: HashMap<PathBuf, (u64, Arc<Def>)>,
 }
 
 /// A webhook to serve and whether it is its file's current version.
@@ -96,7 +99,8 @@ pub fn load(
 ) -> Result<Loaded, LoadError> {
     let paths = scan(dir)?;
     let mut files: Vec<FileReport> = Vec::with_capacity(paths.len());
-    let mut defs: Vec<(usize, Def, u64)> = Vec::new();
+    let mut defs: Vec<(usize, Arc<Def>, u64)> = Vec::new();
+    let mut parsed = HashMap::with_capacity(paths.len());
     for path in paths {
         let index = files.len();
         let shared: Arc<Path> = Arc::from(path.as_path());
@@ -113,8 +117,15 @@ pub fn load(
                 .push(Location::file(shared).problem(format!("cannot read: {err}"))),
             Ok(text) => {
                 let hash = hash_of(&text);
-                match raw::parse(&SourceFile::new(shared, text)) {
+                let cached = previous
+                    .and_then(|p| p.parsed.get(&report.path))
+                    .filter(|(old, _)| *old == hash)
+                    .map(|(_, def)| Ok(Arc::clone(def)));
+                let outcome = cached
+                    .unwrap_or_else(|| raw::parse(&SourceFile::new(shared, text)).map(Arc::new));
+                match outcome {
                     Ok(def) => {
+                        parsed.insert(report.path.clone(), (hash, Arc::clone(&def)));
                         report.name = Some(def.name.value.clone());
                         report.kind = Some(match def.kind {
                             Kind::Webhook => "webhook",
@@ -172,8 +183,22 @@ pub fn load(
         let outcome = match resolved {
             Err(problem) => Err(vec![problem]),
             Ok((fields, revision)) if def.kind == Kind::Webhook => {
-                compile::compile(def, &fields, format!("{revision:016x}"), settings, upstream)
-                    .map(Some)
+                let fingerprint = fingerprint(revision, &fields);
+                let unchanged = previous
+                    .and_then(|p| p.webhooks.get(&def.name.value))
+                    .filter(|old| {
+                        old.state == FileState::Ok
+                            && old.webhook.fingerprint == fingerprint
+                            && *old.webhook.source == *def.file.path
+                    })
+                    .map(|old| Arc::clone(&old.webhook));
+                match unchanged {
+                    Some(webhook) => Ok(Some(webhook)),
+                    None => {
+                        compile::compile(def, &fields, revision, fingerprint, settings, upstream)
+                            .map(|webhook| Some(Arc::new(webhook)))
+                    }
+                }
             }
             Ok(_) => Ok(None),
         };
@@ -182,7 +207,7 @@ pub fn load(
                 loaded.webhooks.insert(
                     webhook.name.clone(),
                     Served {
-                        webhook: Arc::new(webhook),
+                        webhook,
                         state: FileState::Ok,
                     },
                 );
@@ -222,6 +247,7 @@ pub fn load(
         }
     }
     loaded.files = files;
+    loaded.parsed = parsed;
     Ok(loaded)
 }
 
@@ -240,7 +266,7 @@ impl Loaded {
 /// Follows `extends` from `defs[start]`, merging fields; the revision hashes the chain.
 fn resolve_extends(
     start: usize,
-    defs: &[(usize, Def, u64)],
+    defs: &[(usize, Arc<Def>, u64)],
     by_name: &HashMap<String, usize>,
 ) -> Result<(Fields, u64), Problem> {
     let (_, def, hash) = &defs[start];
@@ -310,6 +336,40 @@ fn walk(entries: std::fs::ReadDir, visited: &mut HashSet<PathBuf>, found: &mut V
             found.push(path);
         }
     }
+}
+
+/// What decides whether a webhook must be compiled again: its files' contents, the current
+/// values of the secrets it names (a rotated secret file counts as a change) and its CA
+/// file's content.
+fn fingerprint(revision: u64, fields: &Fields) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    revision.hash(&mut hasher);
+    let auth = &fields.auth;
+    let values = [&auth.username, &auth.password, &auth.token]
+        .into_iter()
+        .flatten()
+        .chain(fields.headers.values())
+        .map(|located| (located.value.as_str(), located.at.base_dir()));
+    let queries = fields.query.values().flat_map(|located| {
+        located
+            .value
+            .iter()
+            .map(move |v| (v.as_str(), located.at.base_dir()))
+    });
+    for (value, base) in values.chain(queries) {
+        if secret::has_reference(value) {
+            match secret::resolve(value, base) {
+                Ok(pieces) => secret::reveal(&pieces).hash(&mut hasher),
+                Err(message) => message.hash(&mut hasher),
+            }
+        }
+    }
+    if let Some(ca) = &fields.ca_file {
+        std::fs::read(ca.at.base_dir().join(&ca.value))
+            .unwrap_or_default()
+            .hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn hash_of(text: &str) -> u64 {

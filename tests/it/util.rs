@@ -244,6 +244,7 @@ pub struct Hookside {
     pub admin: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    watcher: Option<hookside::watch::Handle>,
 }
 
 impl Hookside {
@@ -255,6 +256,20 @@ impl Hookside {
         let state = State::new(dir.to_path_buf(), settings);
         app::reload(&state, "test").await;
         Hookside::serve_state(state).await
+    }
+
+    /// Also watches the directory (in `mode`) and reloads as `serve` does.
+    pub async fn watching(dir: &Path, mode: hookside::watch::Mode) -> Hookside {
+        let state = State::new(dir.to_path_buf(), Settings::default());
+        app::reload(&state, "test").await;
+        let watcher = app::start_watching(&state, mode);
+        let mut hookside = Hookside::serve_state(Arc::clone(&state)).await;
+        let stopped = hookside.stop.subscribe();
+        hookside
+            .tasks
+            .push(tokio::spawn(app::keep_fresh(state, stopped)));
+        hookside.watcher = Some(watcher);
+        hookside
     }
 
     /// Serves a state as it is (loaded or not).
@@ -280,6 +295,7 @@ impl Hookside {
             admin: admin_addr,
             stop,
             tasks,
+            watcher: None,
         }
     }
 
