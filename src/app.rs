@@ -205,8 +205,8 @@ pub async fn run_webhook(
     conversation: &serde_json::Value,
     dry_run: bool,
 ) -> Result<serde_json::Value, ApiError> {
-    let data = pipeline::template_data(webhook, conversation).into_value();
-    let rendered = pipeline::render_request(webhook, &data)?;
+    let scope = pipeline::scope(webhook, conversation);
+    let rendered = pipeline::render_request(webhook, &scope)?;
     let mut warnings: Vec<String> = webhook
         .unused_context
         .iter()

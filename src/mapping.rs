@@ -7,10 +7,9 @@
 //! JSONPath with an empty result. A JSON `null` that *was* found is a value, not missing.
 
 use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
-use minijinja::Value;
 use serde::Serialize;
 
-use crate::render::{self, CompiledExpression};
+use crate::render::{Scope, ValueExpr};
 
 /// One compiled Custom Variable.
 #[derive(Debug)]
@@ -24,7 +23,7 @@ pub struct Variable {
 
 #[derive(Debug)]
 enum VariableKind {
-    Jinja(Box<CompiledExpression>),
+    Jinja(ValueExpr),
     JsonPath { query: JpQuery, singular: bool },
 }
 
@@ -57,10 +56,9 @@ impl Variable {
             });
             VariableKind::JsonPath { query, singular }
         } else {
-            VariableKind::Jinja(Box::new(
-                render::compile_expression(trimmed)
-                    .map_err(|err| format!("invalid expression: {err}"))?,
-            ))
+            VariableKind::Jinja(
+                ValueExpr::compile(trimmed).map_err(|err| format!("invalid expression: {err}"))?,
+            )
         };
         Ok(Variable {
             name: name.to_owned(),
@@ -77,14 +75,14 @@ impl Variable {
     /// The names a Jinja expression reads (empty for JSONPath).
     pub fn names(&self) -> std::collections::BTreeSet<String> {
         match &self.kind {
-            VariableKind::Jinja(expression) => render::expression_names(expression),
+            VariableKind::Jinja(expression) => expression.names(),
             VariableKind::JsonPath { .. } => Default::default(),
         }
     }
 
-    /// Evaluates against the response body (`response`) and the template data (`data`,
-    /// which holds `response`, `status`, `headers` and the request data).
-    pub fn evaluate(&self, response: &serde_json::Value, data: &Value) -> Outcome {
+    /// Evaluates against the response body (`response`) and `scope` (which holds
+    /// `response`, `status`, `headers` and the request data).
+    pub fn evaluate(&self, response: &serde_json::Value, scope: &Scope<'_>) -> Outcome {
         let (value, missing) = match &self.kind {
             VariableKind::JsonPath { query, singular } => {
                 match jsonpath_rust::query::js_path_process(query, response) {
@@ -111,15 +109,12 @@ impl Variable {
                     ),
                 }
             }
-            VariableKind::Jinja(expression) => match render::eval(expression, data) {
-                Ok(value) if value.is_undefined() => (
+            VariableKind::Jinja(expression) => match expression.eval(scope) {
+                Ok(Some(value)) => (value, None),
+                Ok(None) => (
                     serde_json::Value::Null,
                     Some("the expression is undefined for this response".to_owned()),
                 ),
-                Ok(value) => match render::to_json(&value) {
-                    Ok(json) => (json, None),
-                    Err(err) => (serde_json::Value::Null, Some(err)),
-                },
                 Err(err) => (
                     serde_json::Value::Null,
                     Some(format!("expression failed: {err}")),
@@ -138,23 +133,20 @@ impl Variable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{AnswerData, TemplateData};
+    use crate::render::{Answer, Fixed};
     use serde_json::json;
 
     fn run(source: &str, response: serde_json::Value) -> Outcome {
         let variable = Variable::compile("v", source).expect("compiles");
-        let data = TemplateData {
-            conversation: crate::render::value_of(json!({})),
-            context: crate::render::value_of(json!({})),
-            webhook: crate::render::value_of(json!({})),
-            answer: Some(AnswerData {
-                response: crate::render::value_of(&response),
-                status: Value::from(200),
-                headers: crate::render::value_of(json!({})),
-            }),
-        }
-        .into_value();
-        variable.evaluate(&response, &data)
+        let fixed = Fixed::new(&Default::default(), "w", "c");
+        let conversation = json!({});
+        let headers = http::HeaderMap::new();
+        let scope = Scope::new(&fixed, &conversation).with_answer(Answer {
+            response: &response,
+            status: 200,
+            headers: &headers,
+        });
+        variable.evaluate(&response, &scope)
     }
 
     #[test]
@@ -164,6 +156,10 @@ mod tests {
         assert_eq!(
             run("{{ response.s | lower }}", response.clone()).value,
             json!("shipped")
+        );
+        assert_eq!(
+            run("response.a.b | length", response.clone()).value,
+            json!(2)
         );
         assert_eq!(run("$.a.b[1].n", response.clone()).value, json!(7));
         assert_eq!(run("$.a.b[?@.n > 3].n", response.clone()).value, json!([7]));
@@ -177,6 +173,11 @@ mod tests {
             run("response.nope.deeper", response.clone())
                 .missing
                 .is_some()
+        );
+        assert!(
+            run("response.nope | lower", response.clone())
+                .missing
+                .is_none()
         );
         assert!(run("$.nope", response.clone()).missing.is_some());
         assert!(run("$..zzz", response.clone()).missing.is_some());

@@ -2,20 +2,18 @@
 //! upstream, parse its body, map the Custom Variables, build the answer. Each phase is a
 //! small function; `invoke` strings them together and times the whole.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::Full;
-use minijinja::Value;
 use serde::Serialize;
 
 use crate::config::{Body, Webhook};
 use crate::error::{ApiError, ErrorKind};
 use crate::mapping::Outcome;
-use crate::render::{self, AnswerData, TemplateData};
+use crate::render::{self, Answer, Scope};
 use crate::upstream::Upstream;
 
 /// The request as rendered, ready to send, with a copy safe to show.
@@ -63,17 +61,12 @@ pub struct Invocation {
 }
 
 /// Phase 1: the data templates see.
-pub fn template_data(webhook: &Webhook, conversation: &serde_json::Value) -> TemplateData {
-    TemplateData {
-        conversation: crate::render::value_of(conversation),
-        context: webhook.context.clone(),
-        webhook: webhook.identity.clone(),
-        answer: None,
-    }
+pub fn scope<'a>(webhook: &'a Webhook, conversation: &'a serde_json::Value) -> Scope<'a> {
+    Scope::new(&webhook.fixed, conversation)
 }
 
 /// Phase 2: render method, URL, headers and body; auth is added after rendering.
-pub fn render_request(webhook: &Webhook, data: &Value) -> Result<RenderedRequest, ApiError> {
+pub fn render_request(webhook: &Webhook, data: &Scope<'_>) -> Result<RenderedRequest, ApiError> {
     let fail =
         |message: String| ApiError::new(ErrorKind::RenderError, message).for_webhook(&webhook.name);
 
@@ -188,7 +181,7 @@ pub fn parse_response(body: &[u8]) -> Result<serde_json::Value, String> {
 /// Phase 5: every Custom Variable over the response.
 pub fn map_variables(
     webhook: &Webhook,
-    data: TemplateData,
+    scope: &Scope<'_>,
     status: u16,
     headers: &HeaderMap,
     response: &serde_json::Value,
@@ -196,23 +189,15 @@ pub fn map_variables(
     if webhook.variables.is_empty() {
         return Vec::new();
     }
-    let header_map: BTreeMap<&str, &str> = headers
-        .iter()
-        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
-        .collect();
-    let data = TemplateData {
-        answer: Some(AnswerData {
-            response: crate::render::value_of(response),
-            status: Value::from(status),
-            headers: crate::render::value_of(&header_map),
-        }),
-        ..data
-    }
-    .into_value();
+    let scope = scope.with_answer(Answer {
+        response,
+        status,
+        headers,
+    });
     webhook
         .variables
         .iter()
-        .map(|variable| variable.evaluate(response, &data))
+        .map(|variable| variable.evaluate(response, &scope))
         .collect()
 }
 
@@ -224,8 +209,8 @@ pub async fn invoke(
     max_response_body: usize,
 ) -> Result<Invocation, ApiError> {
     let started = Instant::now();
-    let data = template_data(webhook, conversation);
-    let rendered = render_request(webhook, &data.clone().into_value())?;
+    let scope = scope(webhook, conversation);
+    let rendered = render_request(webhook, &scope)?;
     if let Some(message) = upstream.literal_denied(&webhook.url.host) {
         return Err(ApiError::new(ErrorKind::DestinationDenied, message).for_webhook(&webhook.name));
     }
@@ -246,7 +231,7 @@ pub async fn invoke(
         )
         .for_webhook(&webhook.name)
     })?;
-    let trace = map_variables(webhook, data, status, &answer.headers, &response);
+    let trace = map_variables(webhook, &scope, status, &answer.headers, &response);
     let mut invocation = Invocation {
         webhook: webhook.name.clone(),
         status,

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue, Method};
-use minijinja::Value;
 use serde_json::json;
 
 use super::raw::{Def, Fields, RawExample};
@@ -17,7 +16,7 @@ use super::secret::{self, Piece};
 use super::settings::{Settings, parse_timeout};
 use super::source::{Located, Problem};
 use crate::mapping::Variable;
-use crate::render::{JsonTemplate, Mode, TemplateData, TextTemplate, UrlTemplate};
+use crate::render::{Fixed, JsonTemplate, Mode, TextTemplate, UrlTemplate};
 use crate::upstream::{Client, Upstream};
 
 /// A webhook, compiled and ready to serve.
@@ -41,10 +40,8 @@ pub struct Webhook {
     pub url: UrlTemplate,
     /// How long the whole upstream exchange may take.
     pub timeout: Duration,
-    /// The Context Values as template data (file-written, so trusted in URLs).
-    pub context: Value,
-    /// `{ name, company }` as template data.
-    pub identity: Value,
+    /// Context Values and `{ name, company }`, as templates read them.
+    pub fixed: Fixed,
     /// The `Authorization` header built from `[auth]`, added after rendering.
     pub auth: Option<AuthHeader>,
     /// Header templates.
@@ -199,17 +196,9 @@ pub fn compile(
                 continue;
             }
         };
-        context_map.insert(key.clone(), Value::from_safe_string(text));
+        context_map.insert(key.clone(), text);
     }
-    let context = Value::from(context_map);
-    let identity = crate::render::value_of(json!({"name": name, "company": company}));
-    let origin_data = TemplateData {
-        conversation: Value::from(BTreeMap::<String, Value>::new()),
-        context: context.clone(),
-        webhook: identity.clone(),
-        answer: None,
-    }
-    .into_value();
+    let fixed = Fixed::new(&context_map, &name, &company);
 
     let mut names = BTreeSet::new();
     let url = match &fields.url {
@@ -217,7 +206,7 @@ pub fn compile(
             problems.push(file.problem("url: missing"));
             None
         }
-        Some(url) => match UrlTemplate::compile(&url.value, &origin_data) {
+        Some(url) => match UrlTemplate::compile(&url.value, &fixed) {
             Ok(compiled) => {
                 if !settings.host_allowed(&compiled.host) {
                     problems.push(url.problem(format!(
@@ -392,8 +381,7 @@ pub fn compile(
         method,
         url,
         timeout,
-        context,
-        identity,
+        fixed,
         auth,
         headers,
         query,

@@ -220,8 +220,9 @@ pub fn load(
     // Last good versions of failing files keep serving, unless their name is taken.
     let mut stale_paths = HashSet::new();
     if let Some(previous) = previous {
+        let by_path: HashMap<&Path, &FileReport> = files.iter().map(|f| (f.path.as_path(), f)).collect();
         for (name, served) in &previous.webhooks {
-            let Some(report) = files.iter().find(|f| f.path == served.webhook.source) else {
+            let Some(report) = by_path.get(served.webhook.source.as_path()) else {
                 continue; // the file is gone: so is its webhook
             };
             if report.errors.is_empty() || loaded.webhooks.contains_key(name) {

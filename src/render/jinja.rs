@@ -1,0 +1,160 @@
+//! The process-wide minijinja environment, owned compiled templates, and the formatter
+//! that percent-encodes what URL templates print.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::LazyLock;
+
+use minijinja::{AutoEscape, Environment, Expression, UndefinedBehavior, Value};
+use percent_encoding::utf8_percent_encode;
+
+use super::{COMPONENT, Mode, TRUSTED_PATH, TRUSTED_QUERY};
+
+/// Template names that select the escaping of what `{{ }}` prints.
+const TEXT: &str = "text";
+const PATH: &str = "url-path";
+const QUERY: &str = "url-query";
+
+/// Instructions a single render or evaluation may spend: a loop over a huge array fails
+/// fast as a render error instead of holding a worker.
+const FUEL: u64 = 50_000;
+
+/// The one template environment of the process. Its settings never change, so it is
+/// built once and compiled templates borrow it for `'static` (no per-snapshot copies of
+/// the builtin filter tables).
+static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(64);
+    env.set_auto_escape_callback(|name| match name {
+        PATH => AutoEscape::Custom(std::borrow::Cow::Borrowed(PATH)),
+        QUERY => AutoEscape::Custom(std::borrow::Cow::Borrowed(QUERY)),
+        _ => AutoEscape::None,
+    });
+    env.set_formatter(format_value);
+    env
+});
+
+self_cell::self_cell!(
+    /// A compiled template that owns its source.
+    pub struct OwnedTemplate {
+        owner: (&'static str, Box<str>),
+        #[covariant]
+        dependent: CompiledTemplate,
+    }
+);
+
+type CompiledTemplate<'a> = minijinja::Template<'a, 'a>;
+
+/// A compiled expression. It owns its source.
+pub type CompiledExpression = Expression<'static, 'static>;
+
+impl std::fmt::Debug for OwnedTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Template({:?})", self.borrow_owner().1)
+    }
+}
+
+impl OwnedTemplate {
+    /// Compiles `source`; what it prints is escaped for `mode`.
+    pub fn compile(source: &str, mode: Mode) -> Result<OwnedTemplate, String> {
+        let name = match mode {
+            Mode::Text => TEXT,
+            Mode::Path => PATH,
+            Mode::Query => QUERY,
+        };
+        OwnedTemplate::try_new((name, source.into()), |owner| {
+            let env: &Environment<'_> = &ENV;
+            env.template_from_named_str(owner.0, &owner.1)
+        })
+        .map_err(|err| describe(&err))
+    }
+
+    /// Renders with `data`.
+    pub fn render(&self, data: &Value) -> Result<String, String> {
+        self.borrow_dependent()
+            .render(data)
+            .map_err(|err| describe(&err))
+    }
+
+    /// The names it reads, dotted (`context.region`).
+    pub fn names(&self) -> BTreeSet<String> {
+        self.borrow_dependent()
+            .undeclared_variables(true)
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Compiles a Jinja expression (no `{{ }}`).
+pub fn compile_expression(source: &str) -> Result<CompiledExpression, String> {
+    ENV.compile_expression_owned(source.to_owned())
+        .map_err(|err| describe(&err))
+}
+
+/// Evaluates an expression; undefined stays undefined.
+pub fn eval(expression: &CompiledExpression, data: &Value) -> Result<Value, String> {
+    expression.eval(data).map_err(|err| describe(&err))
+}
+
+/// The names an expression reads, dotted.
+pub fn expression_names(expression: &CompiledExpression) -> BTreeSet<String> {
+    expression.undeclared_variables(true).into_iter().collect()
+}
+
+/// How `{{ }}` prints: empty for undefined and none; percent-encoded in URL templates.
+fn format_value(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    if value.is_undefined() || value.is_none() {
+        return Ok(());
+    }
+    let mode = match state.auto_escape() {
+        AutoEscape::Custom(mode) if mode == PATH => Mode::Path,
+        AutoEscape::Custom(mode) if mode == QUERY => Mode::Query,
+        _ => Mode::Text,
+    };
+    let text;
+    let text = match value.as_str() {
+        Some(s) => s,
+        None => {
+            text = value.to_string();
+            &text
+        }
+    };
+    let mut encoded = String::new();
+    super::escape_into(&mut encoded, text, mode, value.is_safe());
+    out.write_str(&encoded)
+        .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed"))
+}
+
+/// A template error as one line, without source dumps or values.
+fn describe(err: &minijinja::Error) -> String {
+    let mut message = err.kind().to_string();
+    if let Some(detail) = err.detail() {
+        message.push_str(": ");
+        message.push_str(detail);
+    }
+    if let Some(line) = err.line() {
+        let _ = write!(message, " (template line {line})");
+    }
+    message
+}
+
+/// Percent-encodes `text` with `set` into `out`.
+pub(super) fn encode_with(out: &mut String, text: &str, set: &'static percent_encoding::AsciiSet) {
+    let _ = write!(out, "{}", utf8_percent_encode(text, set));
+}
+
+/// Which set a trusted or untrusted value is encoded with in `mode`.
+pub(super) fn set_for(mode: Mode, trusted: bool) -> Option<&'static percent_encoding::AsciiSet> {
+    match (mode, trusted) {
+        (Mode::Text, _) => None,
+        (Mode::Path, true) => Some(TRUSTED_PATH),
+        (Mode::Query, true) => Some(TRUSTED_QUERY),
+        (_, false) => Some(COMPONENT),
+    }
+}

@@ -1,0 +1,657 @@
+//! Request templates: text templates (with secrets spliced in after rendering), typed
+//! JSON bodies, value expressions, and the URL rule.
+//!
+//! Everything here is compiled when a file loads; the request path only evaluates.
+//! Conversation data is only ever template *data*: it is never compiled as a template, and
+//! secrets are never in the data (they are joined to the rendered text afterwards).
+//! Plain lookups (`{{ extractedData.orderId }}`) run on the JSON directly ([`lookup`]);
+//! everything else runs on minijinja ([`jinja`]).
+//!
+//! The URL rule: the scheme and authority are rendered once, at load time, from `context`
+//! and `webhook` alone. The path and the query are rendered per request, and every value a
+//! `{{ }}` prints is percent-encoded as one path segment or one query component, so no
+//! conversation value can add a `/`, `?`, `#`, `&` or `@`.
+
+pub mod jinja;
+pub mod lookup;
+pub mod scope;
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use minijinja::Value;
+use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC};
+use serde_json::Value as Json;
+
+use crate::config::secret::{self, Piece};
+pub use jinja::CompiledExpression;
+use jinja::OwnedTemplate;
+use lookup::Lookup;
+pub use scope::{Answer, Fixed, Scope};
+
+/// Unreserved characters stay; everything else a conversation value holds is encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What a trusted (file-written, `context`) value may not hold raw in a path.
+const TRUSTED_PATH: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// What a trusted value may not hold raw in a query.
+const TRUSTED_QUERY: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`');
+
+/// How what a template prints is escaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// As is (headers, bodies, query values before encoding).
+    Text,
+    /// One path segment per printed value.
+    Path,
+    /// One query component per printed value.
+    Query,
+}
+
+/// A text value of a file: literal text, lookups, Jinja templates and secrets, in order.
+#[derive(Debug)]
+pub struct TextTemplate {
+    parts: Vec<TextPart>,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum TextPart {
+    Literal(String),
+    Lookup(Lookup),
+    Jinja(OwnedTemplate),
+    Secret(secret::Secret),
+}
+
+/// A rendered text value: the value to send, and, when it holds a secret, the same value
+/// with the secret as `***` for anything shown to people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// What is sent.
+    pub value: String,
+    /// What is shown, when it differs from `value`.
+    pub redacted: Option<String>,
+}
+
+/// An expression that yields a typed value: a `{{ expr }}` body leaf or a Jinja variable.
+#[derive(Debug)]
+pub enum ValueExpr {
+    /// A plain lookup on the JSON.
+    Lookup(Lookup),
+    /// Any other Jinja expression.
+    Jinja(Box<CompiledExpression>),
+}
+
+/// A JSON body template: a tree whose string leaves are templates.
+#[derive(Debug)]
+pub enum JsonTemplate {
+    /// A subtree with no template in it.
+    Literal(Json),
+    /// A leaf that is exactly one `{{ expr }}`: keeps the value's JSON type.
+    Expression(ValueExpr),
+    /// A leaf with text around its templates: a string.
+    Text(TextTemplate),
+    /// An array with templates in it.
+    Array(Vec<JsonTemplate>),
+    /// A table with templates in it.
+    Object(Vec<(String, JsonTemplate)>),
+}
+
+/// A compiled URL: a fixed origin, and path and query templates.
+#[derive(Debug)]
+pub struct UrlTemplate {
+    /// `scheme://host[:port]`, rendered at load time.
+    pub origin: String,
+    /// The host, for the destination policy.
+    pub host: String,
+    path: TextTemplate,
+    query: Option<TextTemplate>,
+}
+
+/// Converts any serializable value into template data.
+pub fn value_of<T: serde::Serialize>(value: T) -> Value {
+    Value::from(minijinja::value::Serde(value))
+}
+
+/// Whether a string holds template syntax at all (literal strings are never compiled).
+pub fn is_template(source: &str) -> bool {
+    source.contains("{{") || source.contains("{%") || source.contains("{#")
+}
+
+/// The inside of a string that is exactly one `{{ expr }}`, if it is.
+pub fn single_expression(source: &str) -> Option<&str> {
+    let inner = source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+/// Writes `text` escaped for `mode`: as is in text; percent-encoded in URLs (a value made
+/// only of dots is encoded too, so it cannot become a `.` or `..` segment).
+pub fn escape_into(out: &mut String, text: &str, mode: Mode, trusted: bool) {
+    match jinja::set_for(mode, trusted) {
+        None => out.push_str(text),
+        Some(_) if !trusted && !text.is_empty() && text.bytes().all(|b| b == b'.') => {
+            for _ in 0..text.len() {
+                out.push_str("%2E");
+            }
+        }
+        Some(set) => jinja::encode_with(out, text, set),
+    }
+}
+
+/// Percent-encodes a query key or value (all but unreserved characters).
+pub fn encode_component(out: &mut String, text: &str) {
+    jinja::encode_with(out, text, COMPONENT);
+}
+
+impl ValueExpr {
+    /// Compiles an expression written bare or inside one `{{ }}`.
+    pub fn compile(source: &str) -> Result<ValueExpr, String> {
+        let bare = single_expression(source).unwrap_or(source.trim());
+        match Lookup::parse(bare) {
+            Some(lookup) => Ok(ValueExpr::Lookup(lookup)),
+            None => jinja::compile_expression(bare).map(|e| ValueExpr::Jinja(Box::new(e))),
+        }
+    }
+
+    /// Evaluates; `None` is undefined.
+    pub fn eval(&self, scope: &Scope<'_>) -> Result<Option<Json>, String> {
+        match self {
+            ValueExpr::Lookup(lookup) => Ok(lookup
+                .follow(scope.root(&lookup.root).0)
+                .map(Cow::into_owned)),
+            ValueExpr::Jinja(expression) => {
+                let value = jinja::eval(expression, scope.jinja())?;
+                if value.is_undefined() {
+                    return Ok(None);
+                }
+                serde_json::to_value(&value)
+                    .map(Some)
+                    .map_err(|err| format!("value is not JSON: {err}"))
+            }
+        }
+    }
+
+    /// The names it reads, dotted.
+    pub fn names(&self) -> BTreeSet<String> {
+        match self {
+            ValueExpr::Lookup(lookup) => BTreeSet::from([lookup.name()]),
+            ValueExpr::Jinja(expression) => jinja::expression_names(expression),
+        }
+    }
+}
+
+impl TextTemplate {
+    /// Compiles a value whose secrets are already resolved.
+    pub fn compile(pieces: Vec<Piece>, mode: Mode) -> Result<TextTemplate, String> {
+        let mut parts = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            match piece {
+                Piece::Secret(secret) => parts.push(TextPart::Secret(secret)),
+                Piece::Text(text) if !is_template(&text) => parts.push(TextPart::Literal(text)),
+                Piece::Text(text) => match split_lookups(&text) {
+                    Some(simple) => parts.extend(simple),
+                    None => parts.push(TextPart::Jinja(OwnedTemplate::compile(&text, mode)?)),
+                },
+            }
+        }
+        Ok(TextTemplate { parts, mode })
+    }
+
+    /// Compiles a plain string (no secrets).
+    pub fn from_str(source: &str, mode: Mode) -> Result<TextTemplate, String> {
+        TextTemplate::compile(vec![Piece::Text(source.to_owned())], mode)
+    }
+
+    /// The names its templates read, dotted (`context.region`).
+    pub fn names(&self) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for part in &self.parts {
+            match part {
+                TextPart::Lookup(lookup) => {
+                    names.insert(lookup.name());
+                }
+                TextPart::Jinja(template) => names.extend(template.names()),
+                TextPart::Literal(_) | TextPart::Secret(_) => {}
+            }
+        }
+        names
+    }
+
+    /// Renders with `scope`.
+    pub fn render(&self, scope: &Scope<'_>) -> Result<Rendered, String> {
+        let mut value = String::new();
+        let mut redacted: Option<String> = None;
+        let mut scratch = String::new();
+        for part in &self.parts {
+            let text: &str = match part {
+                TextPart::Literal(text) => text,
+                TextPart::Lookup(lookup) => {
+                    let (root, trusted) = scope.root(&lookup.root);
+                    let found = lookup.follow(root);
+                    let mut plain = String::new();
+                    lookup::write_text(&mut plain, found.as_deref());
+                    scratch.clear();
+                    escape_into(&mut scratch, &plain, self.mode, trusted);
+                    &scratch
+                }
+                TextPart::Jinja(template) => {
+                    scratch = template.render(scope.jinja())?;
+                    &scratch
+                }
+                TextPart::Secret(secret) => {
+                    redacted
+                        .get_or_insert_with(|| value.clone())
+                        .push_str("***");
+                    value.push_str(&secret.value);
+                    continue;
+                }
+            };
+            value.push_str(text);
+            if let Some(shown) = redacted.as_mut() {
+                shown.push_str(text);
+            }
+        }
+        Ok(Rendered { value, redacted })
+    }
+
+    /// The secrets spliced into this value.
+    pub fn secrets(&self) -> impl Iterator<Item = &secret::Secret> {
+        self.parts.iter().filter_map(|part| match part {
+            TextPart::Secret(secret) => Some(secret),
+            _ => None,
+        })
+    }
+}
+
+/// Splits `a {{ x.y }} b` into literal and lookup parts, or `None` when any part needs
+/// minijinja (statements, comments, whitespace control, anything but a plain lookup).
+fn split_lookups(text: &str) -> Option<Vec<TextPart>> {
+    if text.contains("{%") || text.contains("{#") {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            parts.push(TextPart::Literal(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after.find("}}")?;
+        let inner = &after[..end];
+        if inner.starts_with('-') || inner.ends_with('-') || inner.contains('{') {
+            return None;
+        }
+        parts.push(TextPart::Lookup(Lookup::parse(inner)?));
+        rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(TextPart::Literal(rest.to_owned()));
+    }
+    Some(parts)
+}
+
+impl Rendered {
+    /// What may be shown to people.
+    pub fn shown(&self) -> &str {
+        self.redacted.as_deref().unwrap_or(&self.value)
+    }
+}
+
+impl JsonTemplate {
+    /// Compiles a `[body]` table (or any TOML value) into a JSON template.
+    pub fn compile(value: &toml::Value) -> Result<JsonTemplate, String> {
+        Ok(match value {
+            toml::Value::String(text) if !is_template(text) => {
+                JsonTemplate::Literal(Json::String(text.clone()))
+            }
+            toml::Value::String(text) => match single_expression(text) {
+                Some(_) => JsonTemplate::Expression(ValueExpr::compile(text)?),
+                None => JsonTemplate::Text(TextTemplate::from_str(text, Mode::Text)?),
+            },
+            toml::Value::Array(items) => {
+                let items = items
+                    .iter()
+                    .map(JsonTemplate::compile)
+                    .collect::<Result<Vec<_>, _>>()?;
+                if items.iter().all(|i| matches!(i, JsonTemplate::Literal(_))) {
+                    JsonTemplate::Literal(
+                        items.into_iter().map(JsonTemplate::into_literal).collect(),
+                    )
+                } else {
+                    JsonTemplate::Array(items)
+                }
+            }
+            toml::Value::Table(table) => {
+                let entries = table
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), JsonTemplate::compile(v)?)))
+                    .collect::<Result<Vec<_>, String>>()?;
+                if entries
+                    .iter()
+                    .all(|(_, v)| matches!(v, JsonTemplate::Literal(_)))
+                {
+                    JsonTemplate::Literal(Json::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_literal()))
+                            .collect(),
+                    ))
+                } else {
+                    JsonTemplate::Object(entries)
+                }
+            }
+            scalar => JsonTemplate::Literal(crate::config::compile::toml_to_json(scalar)),
+        })
+    }
+
+    fn into_literal(self) -> Json {
+        match self {
+            JsonTemplate::Literal(value) => value,
+            _ => Json::Null,
+        }
+    }
+
+    /// Renders the document; a missing value in a typed leaf is `null`.
+    pub fn render(&self, scope: &Scope<'_>) -> Result<Json, String> {
+        Ok(match self {
+            JsonTemplate::Literal(value) => value.clone(),
+            JsonTemplate::Expression(expression) => expression.eval(scope)?.unwrap_or(Json::Null),
+            JsonTemplate::Text(template) => template.render(scope)?.value.into(),
+            JsonTemplate::Array(items) => items
+                .iter()
+                .map(|item| item.render(scope))
+                .collect::<Result<_, _>>()?,
+            JsonTemplate::Object(entries) => Json::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.render(scope)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+        })
+    }
+
+    /// The names its templates read, dotted.
+    pub fn names(&self) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        self.collect_names(&mut names);
+        names
+    }
+
+    fn collect_names(&self, names: &mut BTreeSet<String>) {
+        match self {
+            JsonTemplate::Literal(_) => {}
+            JsonTemplate::Expression(expression) => names.extend(expression.names()),
+            JsonTemplate::Text(template) => names.extend(template.names()),
+            JsonTemplate::Array(items) => items.iter().for_each(|i| i.collect_names(names)),
+            JsonTemplate::Object(entries) => {
+                entries.iter().for_each(|(_, v)| v.collect_names(names));
+            }
+        }
+    }
+}
+
+impl UrlTemplate {
+    /// Compiles a URL. The origin is rendered now from `fixed` and may read nothing else.
+    pub fn compile(url: &str, fixed: &Fixed) -> Result<UrlTemplate, String> {
+        let scheme_end = find_outside_tags(url, 0, &["://"])
+            .ok_or("url: expected an absolute URL such as https://api.example/path")?;
+        let authority_end =
+            find_outside_tags(url, scheme_end + 3, &["/", "?", "#"]).unwrap_or(url.len());
+        let query_start = find_outside_tags(url, authority_end, &["?", "#"]);
+        if find_outside_tags(url, authority_end, &["#"]).is_some() {
+            return Err("url: a #fragment is never sent to a server; remove it".into());
+        }
+        let origin_template = TextTemplate::from_str(&url[..authority_end], Mode::Text)?;
+        let foreign: Vec<String> = origin_template
+            .names()
+            .into_iter()
+            .filter(|name| {
+                let root = name.split('.').next().unwrap_or(name);
+                root != "context" && root != "webhook"
+            })
+            .collect();
+        if !foreign.is_empty() {
+            return Err(format!(
+                "url: the scheme, host and port may use only context values, not {}",
+                foreign.join(", ")
+            ));
+        }
+        let origin = origin_template
+            .render(&Scope::new(fixed, &Json::Null))?
+            .value;
+        let uri: http::Uri = format!("{origin}/")
+            .parse()
+            .map_err(|err| format!("url: {origin:?} is not a valid origin: {err}"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(format!("url: scheme must be http or https in {origin:?}")),
+        }
+        let authority = uri.authority().ok_or("url: no host")?;
+        if authority.as_str().contains('@') {
+            return Err("url: credentials in the URL are not allowed; use [auth]".into());
+        }
+        if authority.host().is_empty() {
+            return Err("url: no host".into());
+        }
+        let path_end = query_start.unwrap_or(url.len());
+        let path_source = match &url[authority_end..path_end] {
+            "" => "/",
+            path => path,
+        };
+        let path = TextTemplate::from_str(path_source, Mode::Path)?;
+        let query = match query_start {
+            Some(start) if start + 1 < url.len() => {
+                Some(TextTemplate::from_str(&url[start + 1..], Mode::Query)?)
+            }
+            _ => None,
+        };
+        Ok(UrlTemplate {
+            host: authority.host().trim_matches(['[', ']']).to_owned(),
+            origin,
+            path,
+            query,
+        })
+    }
+
+    /// Renders path and query; `extra` parameters (already encoded pairs) are appended.
+    pub fn render(&self, scope: &Scope<'_>, extra: &str) -> Result<String, String> {
+        let mut url = String::with_capacity(self.origin.len() + 64);
+        url.push_str(&self.origin);
+        url.push_str(&self.path.render(scope)?.value);
+        let query = match &self.query {
+            Some(template) => template.render(scope)?.value,
+            None => String::new(),
+        };
+        if !query.is_empty() || !extra.is_empty() {
+            url.push('?');
+            url.push_str(&query);
+            if !query.is_empty() && !extra.is_empty() {
+                url.push('&');
+            }
+            url.push_str(extra);
+        }
+        Ok(url)
+    }
+
+    /// The names the path and query templates read.
+    pub fn names(&self) -> BTreeSet<String> {
+        let mut names = self.path.names();
+        if let Some(query) = &self.query {
+            names.extend(query.names());
+        }
+        names
+    }
+}
+
+/// Finds the first of `needles` at or after `from`, skipping `{{ }}`, `{% %}`, `{# #}`.
+fn find_outside_tags(text: &str, from: usize, needles: &[&str]) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = from;
+    while i < bytes.len() {
+        if bytes[i] == b'{' && i + 1 < bytes.len() && matches!(bytes[i + 1], b'{' | b'%' | b'#') {
+            let close = match bytes[i + 1] {
+                b'{' => "}}",
+                b'%' => "%}",
+                _ => "#}",
+            };
+            i = text[i + 2..]
+                .find(close)
+                .map_or(bytes.len(), |end| i + 2 + end + 2);
+            continue;
+        }
+        if needles.iter().any(|needle| text[i..].starts_with(needle)) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fixed() -> Fixed {
+        let context = [("region".to_owned(), "eu".to_owned())]
+            .into_iter()
+            .collect();
+        Fixed::new(&context, "w", "c")
+    }
+
+    fn text(source: &str, mode: Mode, conversation: Json) -> String {
+        let fixed = fixed();
+        let template = TextTemplate::from_str(source, mode).expect("compiles");
+        template
+            .render(&Scope::new(&fixed, &conversation))
+            .expect("renders")
+            .value
+    }
+
+    #[test]
+    fn typed_leaves_keep_their_json_type() {
+        let body: toml::Value = toml::from_str(
+            r#"n = "{{ extractedData.n }}"
+o = "{{ extractedData }}"
+m = "{{ missing }}"
+j = "{{ extractedData.n + 1 }}"
+s = "id-{{ sessionId }}"
+l = "plain"
+"#,
+        )
+        .expect("toml");
+        let template = JsonTemplate::compile(&body).expect("compiles");
+        let fixed = fixed();
+        let conversation = json!({"sessionId": 7, "extractedData": {"n": 3}});
+        let rendered = template
+            .render(&Scope::new(&fixed, &conversation))
+            .expect("renders");
+        assert_eq!(
+            rendered,
+            json!({"n": 3, "o": {"n": 3}, "m": null, "j": 4, "s": "id-7", "l": "plain"})
+        );
+    }
+
+    #[test]
+    fn lookups_and_jinja_print_alike() {
+        let conversation = json!({"a": "x y", "n": 2.5, "b": true, "z": null, "i": 42});
+        for (fast, slow) in [
+            ("{{ a }}", "{{ a ~ '' }}"),
+            ("{{ n }}", "{{ n | string }}"),
+            ("{{ i }}", "{{ i | string }}"),
+            (
+                "{{ z }}-{{ nope }}",
+                "{% if true %}{{ z }}-{{ nope }}{% endif %}",
+            ),
+            ("{{ a }}", "{{ a | string }}"),
+            (
+                "{{ missing | default('d') }}",
+                "{{ missing | default('d') | string }}",
+            ),
+        ] {
+            for mode in [Mode::Text, Mode::Path, Mode::Query] {
+                assert_eq!(
+                    text(fast, mode, conversation.clone()),
+                    text(slow, mode, conversation.clone()),
+                    "{fast} vs {slow} in {mode:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn url_values_stay_inside_their_segment() {
+        let fixed = fixed();
+        let url = UrlTemplate::compile(
+            "https://{{ context.region }}.api.example/v1/{{ id }}/{{ id | string }}?q={{ q }}",
+            &fixed,
+        )
+        .expect("compiles");
+        assert_eq!(url.origin, "https://eu.api.example");
+        let conversation = json!({"id": "../../admin?x=1#f", "q": "a&b=c"});
+        let rendered = url
+            .render(&Scope::new(&fixed, &conversation), "k=v")
+            .expect("renders");
+        assert_eq!(
+            rendered,
+            "https://eu.api.example/v1/..%2F..%2Fadmin%3Fx%3D1%23f/..%2F..%2Fadmin%3Fx%3D1%23f?q=a%26b%3Dc&k=v"
+        );
+        let dots = json!({"id": ".."});
+        let dots = url.render(&Scope::new(&fixed, &dots), "").expect("renders");
+        assert_eq!(dots, "https://eu.api.example/v1/%2E%2E/%2E%2E?q=");
+    }
+
+    #[test]
+    fn origin_may_use_only_context() {
+        let err = UrlTemplate::compile("https://{{ host }}/x", &fixed()).unwrap_err();
+        assert!(err.contains("only context"), "{err}");
+        let err = UrlTemplate::compile("https://u:p@h.example/x", &fixed()).unwrap_err();
+        assert!(err.contains("credentials"), "{err}");
+    }
+
+    #[test]
+    fn conversation_text_is_never_a_template() {
+        let rendered = text(
+            "{{ reply }}|{{ reply | upper }}",
+            Mode::Text,
+            json!({"reply": "{{ 7*7 }}"}),
+        );
+        assert_eq!(rendered, "{{ 7*7 }}|{{ 7*7 }}");
+    }
+
+    #[test]
+    fn fuel_stops_runaway_templates() {
+        let fixed = fixed();
+        let template = TextTemplate::from_str(
+            "{% for a in range(1000) %}{% for b in range(1000) %}x{% endfor %}{% endfor %}",
+            Mode::Text,
+        )
+        .expect("compiles");
+        assert!(template.render(&Scope::new(&fixed, &Json::Null)).is_err());
+    }
+}

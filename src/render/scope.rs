@@ -1,0 +1,180 @@
+//! What templates read: the conversation, the webhook's fixed data (`context`, `webhook`)
+//! and, for Custom Variables, the upstream's answer. Plain lookups read the JSON directly;
+//! the minijinja view of the same data is built only when a Jinja template needs it.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use minijinja::Value;
+use minijinja::value::{Enumerator, Object, ObjectRepr};
+use serde_json::{Value as Json, json};
+
+/// A webhook's data that never changes: Context Values and `{ name, company }`, as JSON
+/// for lookups and as template values for minijinja (context values marked safe: they are
+/// the file's own, so URL templates print them as written).
+#[derive(Debug)]
+pub struct Fixed {
+    context: Json,
+    context_value: Value,
+    identity: Json,
+    identity_value: Value,
+}
+
+/// The data of one render.
+#[derive(Debug)]
+pub struct Scope<'a> {
+    fixed: &'a Fixed,
+    conversation: &'a Json,
+    answer: Option<Answer<'a>>,
+    jinja: OnceCell<Value>,
+}
+
+/// The upstream's answer as variables see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer<'a> {
+    /// The parsed body.
+    pub response: &'a Json,
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+/// The minijinja view: the conversation's keys at the top level, plus `context` and
+/// `webhook`, and while mapping `response`, `status` and `headers`.
+#[derive(Debug)]
+struct TemplateData {
+    conversation: Value,
+    context: Value,
+    webhook: Value,
+    answer: Option<[Value; 3]>,
+}
+
+impl Fixed {
+    /// Builds the fixed data of a webhook.
+    pub fn new(context: &BTreeMap<String, String>, name: &str, company: &str) -> Fixed {
+        let context_value = Value::from(
+            context
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from_safe_string(v.clone())))
+                .collect::<BTreeMap<_, _>>(),
+        );
+        let identity = json!({"name": name, "company": company});
+        Fixed {
+            context: serde_json::to_value(context).unwrap_or(Json::Null),
+            context_value,
+            identity_value: super::value_of(&identity),
+            identity,
+        }
+    }
+}
+
+impl<'a> Scope<'a> {
+    /// The data of a request render.
+    pub fn new(fixed: &'a Fixed, conversation: &'a Json) -> Scope<'a> {
+        Scope {
+            fixed,
+            conversation,
+            answer: None,
+            jinja: OnceCell::new(),
+        }
+    }
+
+    /// The same data plus the upstream's answer, for Custom Variables.
+    pub fn with_answer(&self, answer: Answer<'a>) -> Scope<'a> {
+        Scope {
+            fixed: self.fixed,
+            conversation: self.conversation,
+            answer: Some(answer),
+            jinja: OnceCell::new(),
+        }
+    }
+
+    /// A top-level name's value (`None`: undefined), and whether it is the file's own
+    /// (trusted in URLs).
+    pub fn root(&self, name: &str) -> (Option<Cow<'a, Json>>, bool) {
+        if let Some(answer) = self.answer {
+            match name {
+                "response" => return (Some(Cow::Borrowed(answer.response)), false),
+                "status" => return (Some(Cow::Owned(answer.status.into())), false),
+                "headers" => return (Some(Cow::Owned(headers_json(answer.headers))), false),
+                _ => {}
+            }
+        }
+        match name {
+            "context" => (Some(Cow::Borrowed(&self.fixed.context)), true),
+            "webhook" => (Some(Cow::Borrowed(&self.fixed.identity)), true),
+            _ => (self.conversation.get(name).map(Cow::Borrowed), false),
+        }
+    }
+
+    /// The minijinja view, built on first use.
+    pub fn jinja(&self) -> &Value {
+        self.jinja.get_or_init(|| {
+            Value::from_object(TemplateData {
+                conversation: super::value_of(self.conversation),
+                context: self.fixed.context_value.clone(),
+                webhook: self.fixed.identity_value.clone(),
+                answer: self.answer.map(|answer| {
+                    [
+                        super::value_of(answer.response),
+                        Value::from(answer.status),
+                        super::value_of(headers_json(answer.headers)),
+                    ]
+                }),
+            })
+        })
+    }
+}
+
+/// Response headers as a JSON object by lower-case name (the last value of a repeated one).
+fn headers_json(headers: &http::HeaderMap) -> Json {
+    Json::Object(
+        headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), Json::from(value.to_str().ok()?)))
+            })
+            .collect(),
+    )
+}
+
+impl Object for TemplateData {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        if let Some([response, status, headers]) = &self.answer {
+            match key {
+                "response" => return Some(response.clone()),
+                "status" => return Some(status.clone()),
+                "headers" => return Some(headers.clone()),
+                _ => {}
+            }
+        }
+        match key {
+            "context" => Some(self.context.clone()),
+            "webhook" => Some(self.webhook.clone()),
+            _ => self
+                .conversation
+                .get_attr(key)
+                .ok()
+                .filter(|value| !value.is_undefined()),
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let mut keys: Vec<Value> = vec![Value::from("context"), Value::from("webhook")];
+        if self.answer.is_some() {
+            keys.extend(["response", "status", "headers"].map(Value::from));
+        }
+        if let Ok(iter) = self.conversation.try_iter() {
+            keys.extend(iter);
+        }
+        Enumerator::Values(keys)
+    }
+}
