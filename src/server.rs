@@ -334,7 +334,9 @@ fn describe(
     authorize(state, request, &served.webhook.company).map_err(|e| e.for_webhook(name))?;
     let mut body = entry(served);
     if let Some(object) = body.as_object_mut() {
-        object.insert("definition".into(), served.webhook.definition.clone());
+        let definition =
+            serde_json::from_str(&served.webhook.definition).unwrap_or(serde_json::Value::Null);
+        object.insert("definition".into(), definition);
     }
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -346,7 +348,7 @@ fn entry(served: &Served) -> serde_json::Value {
         "name": webhook.name,
         "company": webhook.company,
         "method": webhook.method.as_str(),
-        "url": webhook.definition.get("url"),
+        "url": webhook.url_source,
         "execution": "sync",
         "timeout_ms": webhook.timeout.as_millis() as u64,
         "variables": webhook.variables.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),

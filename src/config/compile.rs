@@ -30,10 +30,14 @@ pub struct Webhook {
     pub description: Option<String>,
     /// The file it was loaded from.
     pub source: PathBuf,
-    /// A hash of the file and the templates it extends.
+    /// A hash of the file and the templates it extends, as shown in listings.
     pub revision: String,
-    /// The revision plus the secrets' current values: equal means nothing to recompile.
-    pub fingerprint: u64,
+    /// The same hash as a number.
+    pub revision_hash: u64,
+    /// The values that name secrets, and the CA file, to notice a rotation on reload.
+    watched: (Vec<secret::Watched>, Option<PathBuf>),
+    /// The hash of the watched secrets' values when this was compiled.
+    secrets_hash: u64,
     /// The HTTP method.
     pub method: Method,
     /// The URL (fixed origin, templated path and query).
@@ -60,8 +64,11 @@ pub struct Webhook {
     pub secrets: Vec<String>,
     /// Context Values no template reads (a `check` warning).
     pub unused_context: Vec<String>,
-    /// The whole definition as JSON, secrets as `***`.
-    pub definition: serde_json::Value,
+    /// The URL as written.
+    pub url_source: String,
+    /// The whole definition as compact JSON text, secrets as `***` (text: a parsed JSON
+    /// tree costs several kilobytes per webhook, and only `GET /v1/webhooks/{name}` reads it).
+    pub definition: String,
 }
 
 /// The `Authorization` header of `[auth]`.
@@ -113,7 +120,6 @@ pub fn compile(
     def: &Def,
     fields: &Fields,
     revision: u64,
-    fingerprint: u64,
     settings: &Settings,
     upstream: &Upstream,
 ) -> Result<Webhook, Vec<Problem>> {
@@ -370,14 +376,17 @@ pub fn compile(
     }
     secrets.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));
     secrets.dedup();
-    let definition = definition_json(def, fields, &name, &company, &method, timeout);
+    let definition = definition_json(def, fields, &name, &company, &method, timeout).to_string();
+    let watched = watched_secrets(fields);
     Ok(Webhook {
         name,
         company,
         description: fields.description.as_ref().map(|d| d.value.clone()),
         source: def.file.path.to_path_buf(),
         revision: format!("{revision:016x}"),
-        fingerprint,
+        revision_hash: revision,
+        secrets_hash: secret::current_hash(&watched.0, watched.1.as_deref()),
+        watched,
         method,
         url,
         timeout,
@@ -391,8 +400,46 @@ pub fn compile(
         client,
         secrets,
         unused_context,
+        url_source: fields
+            .url
+            .as_ref()
+            .map(|u| u.value.clone())
+            .unwrap_or_default(),
         definition,
     })
+}
+
+impl Webhook {
+    /// Whether every secret (and the CA file) still has the value it was compiled with.
+    pub fn secrets_unchanged(&self) -> bool {
+        secret::current_hash(&self.watched.0, self.watched.1.as_deref()) == self.secrets_hash
+    }
+}
+
+/// The values of `fields` that name secrets, and the CA file.
+fn watched_secrets(fields: &Fields) -> (Vec<secret::Watched>, Option<PathBuf>) {
+    let auth = &fields.auth;
+    let single = [&auth.username, &auth.password, &auth.token]
+        .into_iter()
+        .flatten()
+        .chain(fields.headers.values())
+        .map(|located| (located.value.as_str(), located.at.base_dir()));
+    let queries = fields.query.values().flat_map(|located| {
+        located
+            .value
+            .iter()
+            .map(move |value| (value.as_str(), located.at.base_dir()))
+    });
+    let watched = single
+        .chain(queries)
+        .filter(|(value, _)| secret::has_reference(value))
+        .map(|(value, base)| secret::Watched::new(value, base))
+        .collect();
+    let ca = fields
+        .ca_file
+        .as_ref()
+        .map(|ca| ca.at.base_dir().join(&ca.value));
+    (watched, ca)
 }
 
 fn compile_auth(

@@ -41,6 +41,40 @@ impl fmt::Debug for Piece {
     }
 }
 
+/// A value that names secrets, kept so that a reload can tell whether any of them changed
+/// without parsing the file again.
+#[derive(Clone, Debug)]
+pub struct Watched {
+    raw: String,
+    base: std::path::PathBuf,
+}
+
+impl Watched {
+    /// A value as written and the folder its `${file:...}` paths are relative to.
+    pub fn new(raw: &str, base: &Path) -> Watched {
+        Watched {
+            raw: raw.to_owned(),
+            base: base.to_path_buf(),
+        }
+    }
+}
+
+/// A hash of the current values of every watched secret (and of an extra file, a CA).
+pub fn current_hash(watched: &[Watched], extra_file: Option<&Path>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for value in watched {
+        match resolve(&value.raw, &value.base) {
+            Ok(pieces) => reveal(&pieces).hash(&mut hasher),
+            Err(message) => message.hash(&mut hasher),
+        }
+    }
+    if let Some(path) = extra_file {
+        std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// Whether `raw` mentions a secret reference at all.
 pub fn has_reference(raw: &str) -> bool {
     raw.contains("${env:") || raw.contains("${file:")

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 use minijinja::Value;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
@@ -14,12 +15,14 @@ use serde_json::{Value as Json, json};
 /// A webhook's data that never changes: Context Values and `{ name, company }`, as JSON
 /// for lookups and as template values for minijinja (context values marked safe: they are
 /// the file's own, so URL templates print them as written).
+///
+/// The template values are built on first use: most webhooks use only plain lookups and
+/// never need them (each costs about a kilobyte).
 #[derive(Debug)]
 pub struct Fixed {
     context: Json,
-    context_value: Value,
     identity: Json,
-    identity_value: Value,
+    values: OnceLock<(Value, Value)>,
 }
 
 /// The data of one render.
@@ -55,19 +58,28 @@ struct TemplateData {
 impl Fixed {
     /// Builds the fixed data of a webhook.
     pub fn new(context: &BTreeMap<String, String>, name: &str, company: &str) -> Fixed {
-        let context_value = Value::from(
-            context
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::from_safe_string(v.clone())))
-                .collect::<BTreeMap<_, _>>(),
-        );
-        let identity = json!({"name": name, "company": company});
         Fixed {
             context: serde_json::to_value(context).unwrap_or(Json::Null),
-            context_value,
-            identity_value: super::value_of(&identity),
-            identity,
+            identity: json!({"name": name, "company": company}),
+            values: OnceLock::new(),
         }
+    }
+
+    /// `context` (values marked safe) and `webhook` as template values.
+    fn values(&self) -> &(Value, Value) {
+        self.values.get_or_init(|| {
+            let context = self.context.as_object().map_or_else(BTreeMap::new, |map| {
+                map.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            Value::from_safe_string(v.as_str().unwrap_or_default().to_owned()),
+                        )
+                    })
+                    .collect()
+            });
+            (Value::from(context), super::value_of(&self.identity))
+        })
     }
 }
 
@@ -115,8 +127,8 @@ impl<'a> Scope<'a> {
         self.jinja.get_or_init(|| {
             Value::from_object(TemplateData {
                 conversation: super::value_of(self.conversation),
-                context: self.fixed.context_value.clone(),
-                webhook: self.fixed.identity_value.clone(),
+                context: self.fixed.values().0.clone(),
+                webhook: self.fixed.values().1.clone(),
                 answer: self.answer.map(|answer| {
                     [
                         super::value_of(answer.response),
