@@ -45,6 +45,7 @@ pub struct Loaded {
 /// secrets changed, so an unchanged directory of 10,000 files reloads without parsing.
 #[derive(Clone, Debug)]
 struct Parsed {
+    stamp: Stamp,
     hash: u64,
     kind: Kind,
     name: Located<String>,
@@ -112,8 +113,9 @@ pub fn load(
     let paths = scan(dir)?;
     let mut files: Vec<FileReport> = Vec::with_capacity(paths.len());
     // (index in `files`, what was parsed)
-    let mut entries: Vec<(usize, Parsed)> = Vec::new();
-    for path in paths {
+    let mut entries: Vec<(usize, Parsed)> = Vec::with_capacity(paths.len());
+    let now = std::time::SystemTime::now();
+    for (path, stamp) in paths {
         let index = files.len();
         let mut report = FileReport {
             path,
@@ -122,7 +124,7 @@ pub fn load(
             state: FileState::Ok,
             errors: Vec::new(),
         };
-        match read_and_parse(&report.path, previous) {
+        match read_and_parse(&report.path, stamp, now, previous) {
             Ok(parsed) => {
                 report.name = Some(parsed.name.value.clone());
                 report.kind = Some(match parsed.kind {
@@ -261,20 +263,37 @@ pub fn load(
 }
 
 /// Reads a file and parses it, unless the previous load parsed the same content.
-fn read_and_parse(path: &Path, previous: Option<&Loaded>) -> Result<Parsed, Vec<Problem>> {
+///
+/// A file whose size, times and inode are those of the cached parse is not even read,
+/// unless it changed within the last two seconds: a filesystem with coarse timestamps
+/// could hide a second write in the same tick (git's "racily clean" rule).
+fn read_and_parse(
+    path: &Path,
+    stamp: Stamp,
+    now: std::time::SystemTime,
+    previous: Option<&Loaded>,
+) -> Result<Parsed, Vec<Problem>> {
+    let cached = previous.and_then(|p| p.parsed.get(path));
+    let settled = now
+        .duration_since(stamp.changed)
+        .is_ok_and(|age| age > std::time::Duration::from_secs(2));
+    if let Some(cached) = cached.filter(|c| settled && c.stamp == stamp) {
+        return Ok(cached.clone());
+    }
     let shared: Arc<Path> = Arc::from(path);
     let text = std::fs::read_to_string(path).map_err(|err| {
         vec![Location::file(Arc::clone(&shared)).problem(format!("cannot read: {err}"))]
     })?;
     let hash = hash_of(&text);
-    if let Some(cached) = previous
-        .and_then(|p| p.parsed.get(path))
-        .filter(|cached| cached.hash == hash)
-    {
-        return Ok(cached.clone());
+    if let Some(cached) = cached.filter(|cached| cached.hash == hash) {
+        return Ok(Parsed {
+            stamp,
+            ..cached.clone()
+        });
     }
     let def = raw::parse(&SourceFile::new(shared, text))?;
     Ok(Parsed {
+        stamp,
         hash,
         kind: def.kind,
         name: def.name.clone(),
@@ -345,9 +364,52 @@ fn chain(
     Ok((parents, hasher.finish()))
 }
 
-/// Every `*.toml` file under `dir`, at any depth, in sorted order. Hidden entries (names
-/// starting with `.`) are skipped; symbolic links are followed, each folder visited once.
-pub fn scan(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+/// What tells a file changed without reading it: size, modification and change times,
+/// inode (of the target, for a symbolic link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    /// The later of the modification and change times.
+    changed: std::time::SystemTime,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Stamp {
+        let modified = metadata.modified().ok();
+        #[cfg(unix)]
+        let (inode, ctime) = {
+            use std::os::unix::fs::MetadataExt;
+            let ctime = u64::try_from(metadata.ctime()).ok().map(|secs| {
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::new(
+                        secs,
+                        u32::try_from(metadata.ctime_nsec()).unwrap_or(0),
+                    )
+            });
+            (metadata.ino(), ctime)
+        };
+        #[cfg(not(unix))]
+        let (inode, ctime) = (0, None);
+        let changed = modified
+            .into_iter()
+            .chain(ctime)
+            .max()
+            .unwrap_or_else(std::time::SystemTime::now);
+        Stamp {
+            len: metadata.len(),
+            modified,
+            changed,
+            inode,
+        }
+    }
+}
+
+/// Every `*.toml` file under `dir`, at any depth, in sorted order, with its stamp. Hidden
+/// entries (names starting with `.`) are skipped; symbolic links are followed, each folder
+/// visited once.
+pub fn scan(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, LoadError> {
     let mut found = Vec::new();
     let mut visited = HashSet::new();
     let root = std::fs::read_dir(dir).map_err(|source| LoadError::Directory {
@@ -358,11 +420,15 @@ pub fn scan(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         visited.insert(canonical);
     }
     walk(root, &mut visited, &mut found);
-    found.sort();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(found)
 }
 
-fn walk(entries: std::fs::ReadDir, visited: &mut HashSet<PathBuf>, found: &mut Vec<PathBuf>) {
+fn walk(
+    entries: std::fs::ReadDir,
+    visited: &mut HashSet<PathBuf>,
+    found: &mut Vec<(PathBuf, Stamp)>,
+) {
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
@@ -380,7 +446,7 @@ fn walk(entries: std::fs::ReadDir, visited: &mut HashSet<PathBuf>, found: &mut V
                 walk(entries, visited, found);
             }
         } else if metadata.is_file() && path.extension().is_some_and(|ext| ext == "toml") {
-            found.push(path);
+            found.push((path, Stamp::of(&metadata)));
         }
     }
 }
