@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::config::{self, Problem, Settings, Webhook};
 use crate::error::{ApiError, ErrorKind};
+use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::registry::{Registry, ReloadOutcome, Snapshot};
 use crate::server::{self, Api};
@@ -39,6 +40,10 @@ pub struct State {
     pub draining: AtomicBool,
     /// Serialises reloads, so two never build snapshots from the same previous one.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Every metric; reloads and invocations record here.
+    pub metrics: Metrics,
+    /// Whether the watcher polls (kept by the watcher, read by `/metrics`).
+    pub watch_polling: Arc<AtomicBool>,
     /// Set by the watcher; a `Notify` stores one permit, so a burst of signals while a
     /// reload runs makes exactly one more reload.
     pub reload_wanted: tokio::sync::Notify,
@@ -85,6 +90,8 @@ impl State {
             draining: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
             reload_wanted: tokio::sync::Notify::new(),
+            metrics: Metrics::new(),
+            watch_polling: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -113,7 +120,11 @@ pub async fn reload(state: &State, reason: &str) {
     let next = match result {
         Ok(loaded) => {
             log_changes(previous.loaded.as_ref(), &loaded, reason, duration);
+            update_series(&state.metrics, previous.loaded.as_ref(), &loaded);
             let success = loaded.failed_files() == 0;
+            state
+                .metrics
+                .reloaded(success, loaded.webhooks.len(), loaded.failed_files());
             Snapshot {
                 loaded: Some(loaded),
                 revision: previous.revision + 1,
@@ -127,6 +138,11 @@ pub async fn reload(state: &State, reason: &str) {
         }
         Err(err) => {
             tracing::error!(reason, error = %err, "reload failed; keeping what serves");
+            let (webhooks, failed) = previous
+                .loaded
+                .as_ref()
+                .map_or((0, 0), |l| (l.webhooks.len(), l.failed_files()));
+            state.metrics.reloaded(false, webhooks, failed);
             Snapshot {
                 loaded: previous.loaded.clone(),
                 revision: previous.revision + 1,
@@ -140,6 +156,31 @@ pub async fn reload(state: &State, reason: &str) {
         }
     };
     state.registry.swap(next);
+}
+
+/// Removes the series of webhooks that are gone (deleted, renamed, moved to another
+/// company) and creates those of new ones, at zero.
+fn update_series(metrics: &Metrics, previous: Option<&config::Loaded>, loaded: &config::Loaded) {
+    let current: std::collections::HashSet<(&str, &str)> = loaded
+        .webhooks
+        .values()
+        .map(|s| (s.webhook.name.as_str(), s.webhook.company.as_str()))
+        .collect();
+    for served in previous.iter().flat_map(|p| p.webhooks.values()) {
+        let pair = (
+            served.webhook.name.as_str(),
+            served.webhook.company.as_str(),
+        );
+        if !current.contains(&pair) {
+            metrics.forget(pair.0, pair.1);
+        }
+    }
+    for served in loaded.webhooks.values() {
+        let webhook = &served.webhook;
+        webhook
+            .metrics
+            .get_or_init(|| metrics.webhook(&webhook.name, &webhook.company));
+    }
 }
 
 fn log_changes(
@@ -296,9 +337,14 @@ fn local(listener: &TcpListener) -> String {
 /// Starts the directory watcher; its signals wake [`keep_fresh`].
 pub fn start_watching(state: &Arc<State>, mode: crate::watch::Mode) -> crate::watch::Handle {
     let signalled = Arc::clone(state);
-    crate::watch::spawn(state.dir.clone(), mode, move || {
-        signalled.reload_wanted.notify_one()
-    })
+    crate::watch::spawn(
+        state.dir.clone(),
+        mode,
+        Arc::clone(&state.watch_polling),
+        move || {
+            signalled.reload_wanted.notify_one();
+        },
+    )
 }
 
 /// Reloads on the watcher's signal, every 30 s as a safety net, and every second while the

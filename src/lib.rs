@@ -14,6 +14,7 @@
 //! | [`mapping`] | Custom Variables: Jinja expressions and JSONPath over the response |
 //! | [`pipeline`] | one invocation as named phases: route, data, render, call, map, answer |
 //! | [`server`] | the bot API and the admin API over hyper |
+//! | [`metrics`] | one `Metrics` struct on its own Prometheus registry; bounded labels |
 //! | [`error`] | the one place where an error becomes an HTTP status and a JSON body |
 //! | [`watch`] | notify -> debounce -> "reload" signal; re-arms when the directory is replaced |
 //! | [`app`] | wiring for `hookside serve`: settings, first load, listeners, signals |
@@ -22,6 +23,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod mapping;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod render;

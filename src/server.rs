@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use crate::app::{self, State};
 use crate::config::{FileState, Served, Webhook};
 use crate::error::{ApiError, ErrorKind};
+use crate::metrics::{Outcome, WebhookMetrics};
 use crate::pipeline;
 
 /// Which API a listener serves.
@@ -149,6 +150,11 @@ async fn invoke(
         .map_err(|e| e.for_webhook(name))?;
     match test {
         None => {
+            let series = webhook
+                .metrics
+                .get_or_init(|| state.metrics.webhook(&webhook.name, &webhook.company));
+            let _in_flight = series.start();
+            let started = std::time::Instant::now();
             let invocation = pipeline::invoke(
                 &state.upstream,
                 &webhook,
@@ -156,7 +162,7 @@ async fn invoke(
                 state.settings.max_response_body,
             )
             .await;
-            let invocation = log_outcome(&webhook, invocation)?;
+            let invocation = record(&webhook, series, started.elapsed(), invocation)?;
             Ok(json_response(StatusCode::OK, &invocation))
         }
         Some(dry_run) => {
@@ -166,10 +172,29 @@ async fn invoke(
     }
 }
 
-fn log_outcome(
+/// Logs an invocation and counts it, together.
+fn record(
     webhook: &Webhook,
+    series: &WebhookMetrics,
+    elapsed: Duration,
     invocation: Result<pipeline::Invocation, ApiError>,
 ) -> Result<pipeline::Invocation, ApiError> {
+    let outcome = match &invocation {
+        Ok(done) if done.ok => Some(Outcome::Ok),
+        Ok(_) => Some(Outcome::HttpError),
+        Err(err) => match err.kind {
+            ErrorKind::RenderError => Some(Outcome::RenderError),
+            ErrorKind::UpstreamTimeout => Some(Outcome::Timeout),
+            ErrorKind::UpstreamUnreachable | ErrorKind::DestinationDenied => {
+                Some(Outcome::Unreachable)
+            }
+            ErrorKind::UpstreamInvalidResponse => Some(Outcome::InvalidResponse),
+            _ => None,
+        },
+    };
+    if let Some(outcome) = outcome {
+        series.finish(outcome, elapsed);
+    }
     match &invocation {
         Ok(done) => tracing::info!(
             webhook = %webhook.name, company = %webhook.company, status = done.status,
@@ -374,12 +399,23 @@ async fn admin(
             };
             Ok(json_response(status, &json!({"status": word})))
         }
+        (&Method::GET, "/metrics") => {
+            state
+                .metrics
+                .set_polling(state.watch_polling.load(Ordering::Relaxed));
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(response)
+        }
         (&Method::GET, "/-/config") => Ok(json_response(StatusCode::OK, &config_report(state))),
         (&Method::POST, "/-/reload") => {
             app::reload(state, "admin").await;
             Ok(json_response(StatusCode::OK, &config_report(state)))
         }
-        (_, "/healthz" | "/readyz" | "/-/config" | "/-/reload") => Err(ApiError::new(
+        (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => Err(ApiError::new(
             ErrorKind::MethodNotAllowed,
             format!("{} is not allowed on {path}", request.method()),
         )),

@@ -71,9 +71,15 @@ pub fn mode_from_env() -> Mode {
 
 /// Watches `dir` and calls `signal` once per burst of changes, from its own thread.
 /// Returns once the watch is armed, so no change made after it returns is missed.
-pub fn spawn(dir: PathBuf, mode: Mode, signal: impl Fn() + Send + 'static) -> Handle {
+/// `polling` is kept up to date with whether the directory is polled.
+pub fn spawn(
+    dir: PathBuf,
+    mode: Mode,
+    polling: Arc<AtomicBool>,
+    signal: impl Fn() + Send + 'static,
+) -> Handle {
     let stop = Arc::new(AtomicBool::new(false));
-    let polling = Arc::new(AtomicBool::new(matches!(mode, Mode::Poll(_))));
+    polling.store(matches!(mode, Mode::Poll(_)), Ordering::Relaxed);
     let handle = Handle {
         stop: Arc::clone(&stop),
         polling: Arc::clone(&polling),

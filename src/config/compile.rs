@@ -66,6 +66,8 @@ pub struct Webhook {
     pub unused_context: Vec<String>,
     /// The URL as written.
     pub url_source: String,
+    /// This webhook's metric series, fetched once (by the reload that brings it in).
+    pub metrics: std::sync::OnceLock<crate::metrics::WebhookMetrics>,
     /// The whole definition as compact JSON text, secrets as `***` (text: a parsed JSON
     /// tree costs several kilobytes per webhook, and only `GET /v1/webhooks/{name}` reads it).
     pub definition: String,
@@ -405,6 +407,7 @@ pub fn compile(
             .as_ref()
             .map(|u| u.value.clone())
             .unwrap_or_default(),
+        metrics: std::sync::OnceLock::new(),
         definition,
     })
 }

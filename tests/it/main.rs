@@ -4,6 +4,7 @@
 mod errors;
 mod files;
 mod invoke;
+mod metrics;
 mod reload;
 mod samples;
 mod tls;
