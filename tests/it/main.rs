@@ -5,6 +5,7 @@ mod errors;
 mod files;
 mod invoke;
 mod metrics;
+mod operations;
 mod reload;
 mod samples;
 mod tls;

@@ -432,16 +432,21 @@ impl Process {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("hookside did not start: {}", log.lock().expect("lock")));
+        // `bot=ADDR` in text logs, `"bot":"ADDR"` in JSON logs.
         let field = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|word| word.strip_prefix(name))
-                .expect("address in the log line")
-                .parse()
-                .expect("socket address")
+            let start = [format!("{name}="), format!("\"{name}\":\"")]
+                .iter()
+                .find_map(|key| line.find(key.as_str()).map(|at| at + key.len()))
+                .expect("address in the log line");
+            let rest = &line[start..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == ':'))
+                .unwrap_or(rest.len());
+            rest[..end].parse().expect("socket address")
         };
         Process {
-            bot: field("bot="),
-            admin: field("admin="),
+            bot: field("bot"),
+            admin: field("admin"),
             child,
             stderr: log,
         }

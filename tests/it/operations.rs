@@ -1,0 +1,275 @@
+//! The operator-facing files agree with the binary: the Grafana dashboard and the alert
+//! rules name only exported metrics; the Kubernetes manifests use real flags, ports and
+//! probe paths.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+use crate::util::{Dir, Process, send};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml(relative: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(root().join(relative)).expect("read yaml");
+    YamlLoader::load_from_str(&text).expect("valid YAML")
+}
+
+/// Metric names in a PromQL expression (hookside's own and the process collector's).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &expr[i..];
+        let starts_word = i == 0
+            || !(bytes[i - 1].is_ascii_alphanumeric()
+                || bytes[i - 1] == b'_'
+                || bytes[i - 1] == b':');
+        if starts_word && (rest.starts_with("hookside_") || rest.starts_with("process_")) {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            names.insert(rest[..end].to_owned());
+            i += end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The metric names a running hookside exports (with histogram suffixes).
+async fn exported() -> BTreeSet<String> {
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n",
+    );
+    let process = Process::serve(dir.path(), &[], &[]);
+    let (_, _, body) = send(
+        http::Method::GET,
+        &format!("http://{}/metrics", process.admin),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .flat_map(|line| {
+            let mut parts = line.split_whitespace();
+            let name = parts.next().unwrap_or_default().to_owned();
+            let histogram = parts.next() == Some("histogram");
+            let mut names = vec![name.clone()];
+            if histogram {
+                names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+            }
+            names
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_rules_name_only_exported_metrics() {
+    let exported = exported().await;
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("examples/grafana-dashboard.json")).expect("read"),
+    )
+    .expect("the dashboard is valid JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
+        if variable["type"] == "query" {
+            exprs.push(variable["query"].as_str().expect("query").to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10, "the dashboard has its panels");
+    let rules = yaml("examples/alerts.yml");
+    for group in rules[0]["groups"].as_vec().expect("groups") {
+        for rule in group["rules"].as_vec().expect("rules") {
+            exprs.push(rule["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    let recorded: BTreeSet<&str> = rules[0]["groups"]
+        .as_vec()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_vec().cloned().unwrap_or_default())
+        .filter_map(|r| r["record"].as_str().map(str::to_owned))
+        .map(|s| &*s.leak())
+        .collect();
+    for expr in &exprs {
+        let names = metric_names(expr);
+        let uses_recorded = recorded.iter().any(|r| expr.contains(r));
+        assert!(
+            !names.is_empty() || uses_recorded,
+            "no hookside metric in {expr}"
+        );
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "{name} (in {expr}) is not exported: {exported:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_kubernetes_manifests_match_the_binary() {
+    let deployment = &yaml("examples/kubernetes/deployment.yaml")[0];
+    let spec = &deployment["spec"]["template"]["spec"];
+    let sidecar = spec["initContainers"]
+        .as_vec()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("hookside"))
+        .expect("hookside is an init container");
+    assert_eq!(
+        sidecar["restartPolicy"].as_str(),
+        Some("Always"),
+        "a native sidecar"
+    );
+    let args: Vec<&str> = sidecar["args"]
+        .as_vec()
+        .expect("args")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(args[0], "serve");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_hookside"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(flag),
+            "{flag} is not a flag of hookside serve"
+        );
+    }
+    let arg = |flag: &str| -> &str {
+        let at = args
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("{flag} missing"));
+        args[at + 1]
+    };
+    let port = sidecar["ports"]
+        .as_vec()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"].as_str() == Some("hookside-admin"))
+        .expect("admin port");
+    let admin_port = port["containerPort"].as_i64().expect("port");
+    assert!(arg("--admin-listen").ends_with(&format!(":{admin_port}")));
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"].as_str(),
+        Some(admin_port.to_string().as_str())
+    );
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ] {
+        assert_eq!(
+            sidecar[probe]["httpGet"]["path"].as_str(),
+            Some(path),
+            "{probe}"
+        );
+        assert_eq!(
+            sidecar[probe]["httpGet"]["port"].as_str(),
+            Some("hookside-admin"),
+            "{probe}"
+        );
+    }
+    let mounts: Vec<&str> = sidecar["volumeMounts"]
+        .as_vec()
+        .expect("mounts")
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert!(
+        mounts.contains(&arg("--dir")),
+        "webhooks.d is mounted where --dir points"
+    );
+    let config_dir = Path::new(arg("--config"))
+        .parent()
+        .and_then(Path::to_str)
+        .expect("config dir");
+    assert!(mounts.contains(&config_dir), "the config file is mounted");
+    let bot = spec["containers"]
+        .as_vec()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("bot"))
+        .expect("bot");
+    let url = bot["env"]
+        .as_vec()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some("HOOKSIDE_URL"))
+        .and_then(|e| e["value"].as_str())
+        .expect("HOOKSIDE_URL");
+    assert_eq!(url, format!("http://{}", arg("--listen")));
+
+    // The probe paths answer on the admin listener of the real binary.
+    let dir = Dir::new();
+    let config = dir.file("hookside.toml", "[defaults]\ntimeout = \"5s\"\n");
+    let webhooks = dir.path().join("webhooks.d");
+    std::fs::create_dir(&webhooks).expect("mkdir");
+    let process = Process::serve(
+        &webhooks,
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    for path in ["/readyz", "/healthz", "/metrics"] {
+        let (status, _, _) = send(
+            http::Method::GET,
+            &format!("http://{}{path}", process.admin),
+            &[],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, 200, "{path}");
+    }
+
+    // The ConfigMap's webhook and config file load.
+    let configmaps = yaml("examples/kubernetes/configmap.yaml");
+    let webhook = configmaps[0]["data"]["order-status.toml"]
+        .as_str()
+        .expect("webhook file");
+    let parsed: toml::Table = toml::from_str(webhook).expect("the ConfigMap's webhook is TOML");
+    assert_eq!(parsed["name"].as_str(), Some("order-status"));
+    assert!(configmaps[1]["data"]["hookside.toml"].as_str().is_some());
+
+    // Prometheus keeps the port by the name the Deployment gives it.
+    let prometheus = &yaml("examples/prometheus.yml")[0];
+    let relabels = prometheus["scrape_configs"][0]["relabel_configs"]
+        .as_vec()
+        .expect("relabels");
+    assert!(
+        relabels
+            .iter()
+            .any(|r| r["regex"].as_str() == Some("hookside-admin"))
+    );
+    assert_eq!(
+        prometheus["scrape_configs"][0]["metrics_path"].as_str(),
+        Some("/metrics")
+    );
+}
