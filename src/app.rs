@@ -7,14 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{self, Problem, Settings, Webhook};
-use crate::error::{ApiError, ErrorKind};
+use crate::config::{self, Problem, Settings};
 use crate::metrics::Metrics;
-use crate::pipeline;
 use crate::registry::{Registry, ReloadOutcome, Snapshot};
 use crate::server::{self, Api};
 use crate::upstream::Upstream;
@@ -236,51 +233,6 @@ fn log_changes(
         duration_ms = duration.as_secs_f64() * 1000.0,
         "reloaded"
     );
-}
-
-/// Run Webhook (`POST /v1/webhooks/{name}/test`): the invocation plus the rendered request,
-/// a per-variable trace and warnings; with `dry_run` nothing is sent.
-pub async fn run_webhook(
-    state: &State,
-    webhook: &Webhook,
-    conversation: &serde_json::Value,
-    dry_run: bool,
-) -> Result<serde_json::Value, ApiError> {
-    let scope = pipeline::scope(webhook, conversation);
-    let rendered = pipeline::render_request(webhook, &scope)?;
-    let mut warnings: Vec<String> = webhook
-        .unused_context
-        .iter()
-        .map(|key| format!("context.{key} is defined but no template uses it"))
-        .collect();
-    if dry_run {
-        return Ok(json!({
-            "webhook": webhook.name,
-            "dry_run": true,
-            "request": rendered.shown,
-            "warnings": warnings,
-        }));
-    }
-    let invocation = pipeline::invoke(
-        &state.upstream,
-        webhook,
-        conversation,
-        state.settings.max_response_body,
-    )
-    .await?;
-    warnings.extend(invocation.trace.iter().filter_map(|o| {
-        o.missing
-            .as_ref()
-            .map(|why| format!("variable {} found nothing: {why}", o.name))
-    }));
-    let mut answer = serde_json::to_value(&invocation)
-        .map_err(|err| ApiError::new(ErrorKind::Internal, err.to_string()))?;
-    if let Some(object) = answer.as_object_mut() {
-        object.insert("request".into(), json!(rendered.shown));
-        object.insert("trace".into(), json!(invocation.trace));
-        object.insert("warnings".into(), json!(warnings));
-    }
-    Ok(answer)
 }
 
 /// Runs the sidecar until SIGTERM or SIGINT: binds both listeners, loads the directory,

@@ -13,6 +13,8 @@
 //! | [`upstream`] | the process's HTTP clients (rustls), the destination policy, timeouts and limits |
 //! | [`mapping`] | Custom Variables: Jinja expressions and JSONPath over the response |
 //! | [`pipeline`] | one invocation as named phases: route, data, render, call, map, answer |
+//! | [`testrun`] | Run Webhook: the rendered request, the answer and each variable's trace (`/test`, `hookside run`) |
+//! | [`check`] | `hookside check`: every file loaded as `serve` does, every example run offline |
 //! | [`server`] | the bot API and the admin API over hyper |
 //! | [`metrics`] | one `Metrics` struct on its own Prometheus registry; bounded labels |
 //! | [`error`] | the one place where an error becomes an HTTP status and a JSON body |
@@ -20,6 +22,7 @@
 //! | [`app`] | wiring for `hookside serve`: settings, first load, listeners, signals |
 
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod mapping;
@@ -28,5 +31,6 @@ pub mod pipeline;
 pub mod registry;
 pub mod render;
 pub mod server;
+pub mod testrun;
 pub mod upstream;
 pub mod watch;

@@ -49,7 +49,8 @@ enum Command {
         #[arg(long, env = "HOOKSIDE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Load and validate every webhook file; print one line per problem.
+    /// Load and validate every webhook file and run every example offline; print one line
+    /// per problem as PATH:LINE:COL: message. Exit 1 on any problem.
     Check {
         /// The webhook directory.
         #[arg(long, env = "HOOKSIDE_DIR", default_value = "webhooks.d")]
@@ -57,7 +58,40 @@ enum Command {
         /// The config file.
         #[arg(long, env = "HOOKSIDE_CONFIG")]
         config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
     },
+    /// Run Webhook: run one webhook once and print the rendered request (secrets as ***),
+    /// the status, the time, the response and the Custom Variables. Exit 0 when the call
+    /// succeeded (2xx) and every variable mapped, 1 otherwise, 2 when it could not run.
+    Run {
+        /// The webhook's name.
+        name: String,
+        /// The webhook directory.
+        #[arg(long, env = "HOOKSIDE_DIR", default_value = "webhooks.d")]
+        dir: PathBuf,
+        /// The conversation JSON: a file, or - for standard input (default: {}).
+        #[arg(long)]
+        context: Option<String>,
+        /// Render the request without sending it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the run as JSON (the shape of POST /v1/webhooks/{name}/test).
+        #[arg(long)]
+        json: bool,
+        /// The config file (limits, destination policy).
+        #[arg(long, env = "HOOKSIDE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of a webhook file (for editors and CI).
+    Schema,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -94,11 +128,38 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { dir, config } => check(&dir, config.as_deref()),
+        Command::Check {
+            dir,
+            config,
+            format,
+        } => check(&dir, config.as_deref(), format),
+        Command::Run {
+            name,
+            dir,
+            context,
+            dry_run,
+            json,
+            config,
+        } => run(
+            &name,
+            &dir,
+            context.as_deref(),
+            dry_run,
+            json,
+            config.as_deref(),
+        ),
+        Command::Schema => {
+            let schema = hookside::config::raw::schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 
-fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>) -> ExitCode {
+fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>, format: Format) -> ExitCode {
     let settings = match app::load_settings(config_path) {
         Ok(settings) => settings,
         Err(problems) => {
@@ -108,30 +169,118 @@ fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
-    let upstream = Upstream::new(settings.deny_networks.clone());
-    match config::load(dir, &settings, &upstream, None) {
+    let report = match hookside::check::check(dir, &settings) {
+        Ok(report) => report,
         Err(err) => {
             println!("{}: {err}", dir.display());
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
-        Ok(loaded) => {
-            let mut count = 0;
-            for problem in loaded.problems() {
-                println!("{problem}");
-                count += 1;
-            }
-            if count > 0 {
-                println!("{count} problem(s) in {} file(s)", loaded.failed_files());
-                ExitCode::FAILURE
+    };
+    match format {
+        Format::Text => print!("{}", report.to_text()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(
+    name: &str,
+    dir: &std::path::Path,
+    context: Option<&str>,
+    dry_run: bool,
+    json: bool,
+    config_path: Option<&std::path::Path>,
+) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("hookside run: {message}");
+        ExitCode::from(2)
+    };
+    let settings = match app::load_settings(config_path) {
+        Ok(settings) => settings,
+        Err(problems) => {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return fail(format!("the config file is invalid:\n{}", lines.join("\n")));
+        }
+    };
+    let conversation: serde_json::Value = match context {
+        None => serde_json::json!({}),
+        Some(source) => {
+            let text = if source == "-" {
+                let mut text = String::new();
+                match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                    Ok(_) => text,
+                    Err(err) => return fail(format!("cannot read standard input: {err}")),
+                }
             } else {
-                println!(
-                    "ok: {} file(s), {} webhook(s)",
-                    loaded.files.len(),
-                    loaded.webhooks.len()
-                );
-                ExitCode::SUCCESS
+                match std::fs::read_to_string(source) {
+                    Ok(text) => text,
+                    Err(err) => return fail(format!("cannot read {source}: {err}")),
+                }
+            };
+            match serde_json::from_str(&text) {
+                Ok(value @ serde_json::Value::Object(_)) => value,
+                Ok(_) => return fail("the conversation must be a JSON object".into()),
+                Err(err) => return fail(format!("the conversation is not valid JSON: {err}")),
             }
         }
+    };
+    let upstream = Upstream::new(settings.deny_networks.clone());
+    let loaded = match config::load(dir, &settings, &upstream, None) {
+        Ok(loaded) => loaded,
+        Err(err) => return fail(err.to_string()),
+    };
+    let Some(served) = loaded.webhooks.get(name) else {
+        let own: Vec<String> = loaded
+            .files
+            .iter()
+            .filter(|f| f.name.as_deref() == Some(name))
+            .flat_map(|f| f.errors.iter().map(ToString::to_string))
+            .collect();
+        if own.is_empty() {
+            return fail(format!("no webhook named {name:?} in {}", dir.display()));
+        }
+        return fail(format!(
+            "webhook {name:?} does not load:\n{}",
+            own.join("\n")
+        ));
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(format!("cannot start the runtime: {err}")),
+    };
+    let result = runtime.block_on(hookside::testrun::run(
+        &upstream,
+        &served.webhook,
+        &conversation,
+        dry_run,
+        settings.max_response_body,
+    ));
+    if json {
+        let mut value = serde_json::to_value(&result).unwrap_or_default();
+        if let (Some(err), Some(object)) = (&result.error, value.as_object_mut()) {
+            object.insert("error".into(), err.body()["error"].clone());
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        print!("{}", result.to_text());
+    }
+    if result.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

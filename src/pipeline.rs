@@ -58,6 +58,9 @@ pub struct Invocation {
     /// Per-variable trace, for Run Webhook.
     #[serde(skip)]
     pub trace: Vec<Outcome>,
+    /// What Run Webhook warns about.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// Phase 1: the data templates see.
@@ -211,27 +214,55 @@ pub async fn invoke(
     let started = Instant::now();
     let scope = scope(webhook, conversation);
     let rendered = render_request(webhook, &scope)?;
+    call_and_map(
+        upstream,
+        webhook,
+        &scope,
+        rendered.request,
+        started,
+        max_response_body,
+        false,
+    )
+    .await
+}
+
+/// Phases 3 to 6 for a rendered request. With `lenient_json` (Run Webhook), a body that is
+/// not JSON is kept as a string with a warning instead of failing the invocation.
+pub async fn call_and_map(
+    upstream: &Upstream,
+    webhook: &Webhook,
+    scope: &Scope<'_>,
+    request: Request<Full<Bytes>>,
+    started: Instant,
+    max_response_body: usize,
+    lenient_json: bool,
+) -> Result<Invocation, ApiError> {
     if let Some(message) = upstream.literal_denied(&webhook.url.host) {
         return Err(ApiError::new(ErrorKind::DestinationDenied, message).for_webhook(&webhook.name));
     }
     let answer = upstream
-        .call(
-            &webhook.client,
-            rendered.request,
-            webhook.timeout,
-            max_response_body,
-        )
+        .call(&webhook.client, request, webhook.timeout, max_response_body)
         .await
         .map_err(|err| ApiError::from(err).for_webhook(&webhook.name))?;
     let status = answer.status.as_u16();
-    let response = parse_response(&answer.body).map_err(|message| {
-        ApiError::new(
-            ErrorKind::UpstreamInvalidResponse,
-            format!("upstream answered {status}: {message}"),
-        )
-        .for_webhook(&webhook.name)
-    })?;
-    let trace = map_variables(webhook, &scope, status, &answer.headers, &response);
+    let mut warnings = Vec::new();
+    let response = match parse_response(&answer.body) {
+        Ok(response) => response,
+        Err(message) if lenient_json => {
+            warnings.push(format!(
+                "{message}; shown as text (a bot call would fail with upstream_invalid_response)"
+            ));
+            serde_json::Value::String(String::from_utf8_lossy(&answer.body).into_owned())
+        }
+        Err(message) => {
+            return Err(ApiError::new(
+                ErrorKind::UpstreamInvalidResponse,
+                format!("upstream answered {status}: {message}"),
+            )
+            .for_webhook(&webhook.name));
+        }
+    };
+    let trace = map_variables(webhook, scope, status, &answer.headers, &response);
     let mut invocation = Invocation {
         webhook: webhook.name.clone(),
         status,
@@ -248,6 +279,7 @@ pub async fn invoke(
             .collect(),
         response,
         trace,
+        warnings,
     };
     scrub_invocation(&mut invocation, &webhook.secrets);
     invocation.duration_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;

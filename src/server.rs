@@ -166,8 +166,18 @@ async fn invoke(
             Ok(json_response(StatusCode::OK, &invocation))
         }
         Some(dry_run) => {
-            let answer = crate::app::run_webhook(state, &webhook, &conversation, dry_run).await?;
-            Ok(json_response(StatusCode::OK, &answer))
+            let run = crate::testrun::run(
+                &state.upstream,
+                &webhook,
+                &conversation,
+                dry_run,
+                state.settings.max_response_body,
+            )
+            .await;
+            match run.error {
+                Some(err) => Err(err),
+                None => Ok(json_response(StatusCode::OK, &run)),
+            }
         }
     }
 }

@@ -62,8 +62,10 @@ pub struct Webhook {
     pub client: Arc<Client>,
     /// Every secret value this webhook holds, to scrub from anything it answers.
     pub secrets: Vec<String>,
-    /// Context Values no template reads (a `check` warning).
+    /// Context Values no template reads.
     pub unused_context: Vec<String>,
+    /// What `hookside check` warns about: unused Context Values, secrets not set here.
+    pub warnings: Vec<Problem>,
     /// The URL as written.
     pub url_source: String,
     /// This webhook's metric series, fetched once (by the reload that brings it in).
@@ -104,8 +106,23 @@ pub struct Example {
     pub response: serde_json::Value,
     /// Expected variables.
     pub expect: serde_json::Map<String, serde_json::Value>,
+    /// Expectations on the rendered request.
+    pub request: Option<ExpectedRequest>,
     /// Where the example was written.
     pub at: super::source::Location,
+}
+
+/// What an example expects of the rendered request.
+#[derive(Clone, Debug, Default)]
+pub struct ExpectedRequest {
+    /// The method.
+    pub method: Option<String>,
+    /// The URL as shown (secrets as `***`).
+    pub url: Option<String>,
+    /// Headers by lower-case name.
+    pub headers: BTreeMap<String, String>,
+    /// The body as shown: JSON, or a string for a text body.
+    pub body: Option<serde_json::Value>,
 }
 
 /// Headers a file may not set: hyper and hookside own them.
@@ -125,19 +142,24 @@ pub fn compile(
     settings: &Settings,
     upstream: &Upstream,
 ) -> Result<Webhook, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let mut secrets = Vec::new();
+    let mut sink = Sink {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        secrets: Vec::new(),
+        secrets_optional: settings.secrets_optional,
+    };
     let name = def.name.value.clone();
     let file = &def.file;
 
     let company = match &fields.company {
         Some(company) if !company.value.trim().is_empty() => company.value.clone(),
         Some(company) => {
-            problems.push(company.problem("company: must not be empty"));
+            sink.problems
+                .push(company.problem("company: must not be empty"));
             String::new()
         }
         None => {
-            problems
+            sink.problems
                 .push(file.problem("company: missing; a webhook must be assigned to a Company"));
             String::new()
         }
@@ -150,7 +172,7 @@ pub fn compile(
                 Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET)
             }
             other => {
-                problems.push(method.problem(format!(
+                sink.problems.push(method.problem(format!(
                     "method: {other:?} is not one of GET POST PUT PATCH DELETE HEAD OPTIONS"
                 )));
                 Method::GET
@@ -175,7 +197,7 @@ pub fn compile(
         if let Some(value) = value
             && value.value != supported
         {
-            problems.push(value.problem(format!(
+            sink.problems.push(value.problem(format!(
                 "{field}: {:?} is not supported; use \"{supported}\" ({later})",
                 value.value
             )));
@@ -185,7 +207,8 @@ pub fn compile(
     let timeout = match &fields.timeout {
         None => settings.default_timeout,
         Some(timeout) => parse_timeout(&timeout.value).unwrap_or_else(|message| {
-            problems.push(timeout.problem(format!("timeout: {message}")));
+            sink.problems
+                .push(timeout.problem(format!("timeout: {message}")));
             settings.default_timeout
         }),
     };
@@ -198,7 +221,7 @@ pub fn compile(
                 value.value.to_string()
             }
             _ => {
-                problems.push(value.problem(format!(
+                sink.problems.push(value.problem(format!(
                     "context.{key}: must be a string, number or boolean"
                 )));
                 continue;
@@ -211,13 +234,13 @@ pub fn compile(
     let mut names = BTreeSet::new();
     let url = match &fields.url {
         None => {
-            problems.push(file.problem("url: missing"));
+            sink.problems.push(file.problem("url: missing"));
             None
         }
         Some(url) => match UrlTemplate::compile(&url.value, &fixed) {
             Ok(compiled) => {
                 if !settings.host_allowed(&compiled.host) {
-                    problems.push(url.problem(format!(
+                    sink.problems.push(url.problem(format!(
                         "url: host {:?} is not in security.allowed_hosts",
                         compiled.host
                     )));
@@ -226,43 +249,39 @@ pub fn compile(
                 Some(compiled)
             }
             Err(message) => {
-                problems.push(url.problem(message));
+                sink.problems.push(url.problem(message));
                 None
             }
         },
     };
 
-    let auth = compile_auth(fields, file, &mut secrets, &mut problems);
+    let auth = compile_auth(fields, file, &mut sink);
 
     let mut headers = Vec::new();
     for (key, value) in &fields.headers {
         let header = match HeaderName::from_bytes(key.as_bytes()) {
             Ok(header) => header,
             Err(_) => {
-                problems
+                sink.problems
                     .push(value.problem(format!("headers: {key:?} is not a valid header name")));
                 continue;
             }
         };
         if RESERVED_HEADERS.contains(&header.as_str()) {
-            problems.push(value.problem(format!(
+            sink.problems.push(value.problem(format!(
                 "headers: {key} is set by hookside and may not be templated"
             )));
             continue;
         }
         if header == http::header::AUTHORIZATION && auth.is_some() {
-            problems.push(
+            sink.problems.push(
                 value.problem("headers: Authorization conflicts with [auth]; set one of them"),
             );
             continue;
         }
-        if let Some(template) = text_with_secrets(
-            value,
-            Mode::Text,
-            &format!("headers.{key}"),
-            &mut secrets,
-            &mut problems,
-        ) {
+        if let Some(template) =
+            text_with_secrets(value, Mode::Text, &format!("headers.{key}"), &mut sink)
+        {
             names.extend(template.names());
             headers.push((header, template));
         }
@@ -275,13 +294,9 @@ pub fn compile(
                 value: value.clone(),
                 at: values.at.clone(),
             };
-            if let Some(template) = text_with_secrets(
-                &located,
-                Mode::Text,
-                &format!("query.{key}"),
-                &mut secrets,
-                &mut problems,
-            ) {
+            if let Some(template) =
+                text_with_secrets(&located, Mode::Text, &format!("query.{key}"), &mut sink)
+            {
                 names.extend(template.names());
                 query.push((key.clone(), template));
             }
@@ -308,7 +323,7 @@ pub fn compile(
                     compiled
                 }
                 Err(message) => {
-                    problems.push(body.problem(format!("body: {message}")));
+                    sink.problems.push(body.problem(format!("body: {message}")));
                     Body::None
                 }
             }
@@ -318,14 +333,17 @@ pub fn compile(
     let mut variables = Vec::new();
     for (key, source) in &fields.variables {
         if let Err(message) = super::raw::check_name(key) {
-            problems.push(source.problem(format!("variables: {message}")));
+            sink.problems
+                .push(source.problem(format!("variables: {message}")));
         }
         match Variable::compile(key, &source.value) {
             Ok(variable) => {
                 names.extend(variable.names());
                 variables.push(variable);
             }
-            Err(message) => problems.push(source.problem(format!("variables.{key}: {message}"))),
+            Err(message) => sink
+                .problems
+                .push(source.problem(format!("variables.{key}: {message}"))),
         }
     }
 
@@ -337,23 +355,29 @@ pub fn compile(
     for key in &used_context {
         if !fields.context.contains_key(*key) {
             let at = fields.url.as_ref().map_or(file, |url| &url.at);
-            problems.push(at.problem(format!(
+            sink.problems.push(at.problem(format!(
                 "context.{key} is used but [context] does not define it"
             )));
         }
     }
     let reads_whole_context = names.contains("context");
-    let unused_context = fields
+    let unused_context: Vec<String> = fields
         .context
         .keys()
         .filter(|key| !reads_whole_context && !used_context.contains(key.as_str()))
         .cloned()
         .collect();
 
+    for key in &unused_context {
+        if let Some(value) = fields.context.get(key) {
+            sink.warnings
+                .push(value.problem(format!("context.{key} is defined but no template uses it")));
+        }
+    }
     let examples = fields
         .examples
         .iter()
-        .filter_map(|example| compile_example(example, &fields.variables, &mut problems))
+        .filter_map(|example| compile_example(example, &fields.variables, &mut sink.problems))
         .collect();
 
     let client = match &fields.ca_file {
@@ -363,7 +387,8 @@ pub fn compile(
             match upstream.client_with_roots(&path) {
                 Ok(client) => client,
                 Err(message) => {
-                    problems.push(ca.problem(format!("tls.ca_file: {message}")));
+                    sink.problems
+                        .push(ca.problem(format!("tls.ca_file: {message}")));
                     upstream.default_client()
                 }
             }
@@ -371,11 +396,12 @@ pub fn compile(
     };
 
     let Some(url) = url else {
-        return Err(problems);
+        return Err(sink.problems);
     };
-    if !problems.is_empty() {
-        return Err(problems);
+    if !sink.problems.is_empty() {
+        return Err(sink.problems);
     }
+    let mut secrets = sink.secrets;
     secrets.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));
     secrets.dedup();
     let definition = definition_json(def, fields, &name, &company, &method, timeout).to_string();
@@ -402,6 +428,7 @@ pub fn compile(
         client,
         secrets,
         unused_context,
+        warnings: sink.warnings,
         url_source: fields
             .url
             .as_ref()
@@ -413,6 +440,23 @@ pub fn compile(
 }
 
 impl Webhook {
+    /// Every name the request templates read, dotted (`extractedData.orderId`).
+    pub fn template_names(&self) -> BTreeSet<String> {
+        let mut names = self.url.names();
+        for (_, template) in &self.headers {
+            names.extend(template.names());
+        }
+        for (_, template) in &self.query {
+            names.extend(template.names());
+        }
+        match &self.body {
+            Body::None => {}
+            Body::Json(template) => names.extend(template.names()),
+            Body::Text(template) => names.extend(template.names()),
+        }
+        names
+    }
+
     /// Whether every secret (and the CA file) still has the value it was compiled with.
     pub fn secrets_unchanged(&self) -> bool {
         secret::current_hash(&self.watched.0, self.watched.1.as_deref()) == self.secrets_hash
@@ -448,53 +492,47 @@ fn watched_secrets(fields: &Fields) -> (Vec<secret::Watched>, Option<PathBuf>) {
 fn compile_auth(
     fields: &Fields,
     file: &super::source::Location,
-    secrets: &mut Vec<String>,
-    problems: &mut Vec<Problem>,
+    sink: &mut Sink,
 ) -> Option<AuthHeader> {
     let auth = &fields.auth;
     let kind = auth.kind.as_ref().map_or("none", |k| k.value.as_str());
-    let mut value_of = |field: &Option<Located<String>>, key: &str| -> Option<String> {
-        let Some(located) = field else {
-            let at = auth.kind.as_ref().map_or(file, |k| &k.at);
-            problems.push(at.problem(format!("auth.{key}: missing for auth type {kind:?}")));
-            return None;
+    let value_of =
+        |sink: &mut Sink, field: &Option<Located<String>>, key: &str| -> Option<String> {
+            let Some(located) = field else {
+                let at = auth.kind.as_ref().map_or(file, |k| &k.at);
+                sink.problems
+                    .push(at.problem(format!("auth.{key}: missing for auth type {kind:?}")));
+                return None;
+            };
+            let pieces = sink.resolve(located, &format!("auth.{key}"))?;
+            sink.secrets.extend(pieces.iter().filter_map(|p| match p {
+                Piece::Secret(s) => Some(s.value.clone()),
+                Piece::Text(_) => None,
+            }));
+            Some(secret::reveal(&pieces))
         };
-        match secret::resolve(&located.value, located.at.base_dir()) {
-            Ok(pieces) => {
-                secrets.extend(pieces.iter().filter_map(|p| match p {
-                    Piece::Secret(s) => Some(s.value.clone()),
-                    Piece::Text(_) => None,
-                }));
-                Some(secret::reveal(&pieces))
-            }
-            Err(message) => {
-                problems.push(located.problem(format!("auth.{key}: {message}")));
-                None
-            }
-        }
-    };
     let (header, shown) = match kind {
         "none" => return None,
         "basic" => {
-            let username = value_of(&auth.username, "username");
-            let password = value_of(&auth.password, "password");
+            let username = value_of(sink, &auth.username, "username");
+            let password = value_of(sink, &auth.password, "password");
             let (username, password) = (username?, password?);
             let credentials = format!("{username}:{password}");
             let encoded = base64::engine::general_purpose::STANDARD.encode(&credentials);
             // The password and the encoded pair are secrets; so is the pair in clear.
-            secrets.push(password);
-            secrets.push(credentials);
-            secrets.push(encoded.clone());
+            sink.secrets.push(password);
+            sink.secrets.push(credentials);
+            sink.secrets.push(encoded.clone());
             (format!("Basic {encoded}"), "Basic ***")
         }
         "bearer" => {
-            let token = value_of(&auth.token, "token")?;
-            secrets.push(token.clone());
+            let token = value_of(sink, &auth.token, "token")?;
+            sink.secrets.push(token.clone());
             (format!("Bearer {token}"), "Bearer ***")
         }
         other => {
             if let Some(k) = &auth.kind {
-                problems.push(k.problem(format!(
+                sink.problems.push(k.problem(format!(
                     "auth.type: {other:?} is not one of \"none\", \"basic\", \"bearer\""
                 )));
             }
@@ -508,7 +546,7 @@ fn compile_auth(
         }
         Err(_) => {
             if let Some(k) = &auth.kind {
-                problems.push(
+                sink.problems.push(
                     k.problem("auth: a credential holds a character not allowed in a header"),
                 );
             }
@@ -517,20 +555,49 @@ fn compile_auth(
     }
 }
 
+/// Where compiling reports: errors, warnings, and the secrets met on the way.
+struct Sink {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+    secrets: Vec<String>,
+    /// `hookside check`: a secret that is not set here is a warning, not an error.
+    secrets_optional: bool,
+}
+
+impl Sink {
+    /// Resolves the secrets of a value.
+    fn resolve(&mut self, value: &Located<String>, field: &str) -> Option<Vec<Piece>> {
+        let base = value.at.base_dir();
+        let resolved = if self.secrets_optional {
+            secret::resolve_or_placeholder(&value.value, base).map(|(pieces, missing)| {
+                for message in missing {
+                    self.warnings.push(value.problem(format!(
+                        "{field}: {message} (a placeholder stands in; serve needs it set)"
+                    )));
+                }
+                pieces
+            })
+        } else {
+            secret::resolve(&value.value, base)
+        };
+        resolved
+            .map_err(|message| {
+                self.problems
+                    .push(value.problem(format!("{field}: {message}")))
+            })
+            .ok()
+    }
+}
+
 fn text_with_secrets(
     value: &Located<String>,
     mode: Mode,
     field: &str,
-    secrets: &mut Vec<String>,
-    problems: &mut Vec<Problem>,
+    sink: &mut Sink,
 ) -> Option<TextTemplate> {
-    let pieces = match secret::resolve(&value.value, value.at.base_dir()) {
-        Ok(pieces) => pieces,
-        Err(message) => {
-            problems.push(value.problem(format!("{field}: {message}")));
-            return None;
-        }
-    };
+    let pieces = sink.resolve(value, field)?;
+    let secrets = &mut sink.secrets;
+    let problems = &mut sink.problems;
     match TextTemplate::compile(pieces, mode) {
         Ok(template) => {
             secrets.extend(template.secrets().map(|s| s.value.clone()));
@@ -584,11 +651,23 @@ fn compile_example(
         }
         expect.insert(key, toml_to_json(&value));
     }
+    let request = raw.request.as_ref().map(|request| ExpectedRequest {
+        method: request.method.as_ref().map(|m| m.to_ascii_uppercase()),
+        url: request.url.clone(),
+        headers: request
+            .headers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        body: request.body.as_ref().map(toml_to_json),
+    });
     Some(Example {
         conversation,
         status,
         response,
         expect,
+        request,
         at: example.at.clone(),
     })
 }

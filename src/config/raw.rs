@@ -3,79 +3,102 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::source::{Located, Location, Problem, SourceFile};
 
-/// A webhook file as written. Every field is optional here; `compile` decides what is
-/// required once `extends` has been applied.
-#[derive(Debug, Deserialize)]
+/// A hookside webhook file (`webhooks.d/**/*.toml`): one webhook, or a template
+/// (`kind = "template"`) that webhooks extend. See hookside's README.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "hookside webhook file")]
 pub struct RawFile {
     /// `"webhook"` (default) or `"template"`.
+    #[schemars(with = "Option<KindSchema>")]
     pub kind: Option<Spanned<String>>,
     /// The webhook's name; defaults to the file's stem.
+    #[schemars(with = "Option<NameSchema>")]
     pub name: Option<Spanned<String>>,
     /// The Company the webhook is assigned to.
+    #[schemars(with = "Option<String>")]
     pub company: Option<Spanned<String>>,
     /// Free text for people.
+    #[schemars(with = "Option<String>")]
     pub description: Option<Spanned<String>>,
     /// A template's name to inherit from.
+    #[schemars(with = "Option<String>")]
     pub extends: Option<Spanned<String>>,
     /// HTTP method, any case.
+    #[schemars(with = "Option<MethodSchema>")]
     pub method: Option<Spanned<String>>,
     /// The URL template.
+    #[schemars(with = "Option<String>")]
     pub url: Option<Spanned<String>>,
     /// `"json"` only, for now.
+    #[schemars(with = "Option<ResponseTypeSchema>")]
     pub response_type: Option<Spanned<String>>,
     /// `"sync"` only, for now.
+    #[schemars(with = "Option<ExecutionSchema>")]
     pub execution: Option<Spanned<String>>,
     /// A duration such as `"5s"` or `"1500ms"`.
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
     /// Context Values.
+    #[schemars(with = "Option<BTreeMap<String, ContextValueSchema>>")]
     pub context: Option<BTreeMap<String, Spanned<toml::Value>>>,
     /// Upstream authentication.
     pub auth: Option<RawAuth>,
     /// Header name -> template.
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub headers: Option<BTreeMap<String, Spanned<String>>>,
     /// Query parameter -> template, or an array of templates.
+    #[schemars(with = "Option<BTreeMap<String, RawQueryValue>>")]
     pub query: Option<BTreeMap<String, Spanned<RawQueryValue>>>,
     /// A JSON body template (table) or a text body template (string).
+    #[schemars(with = "Option<BodySchema>")]
     pub body: Option<Spanned<toml::Value>>,
     /// Extra trust roots for the upstream.
     pub tls: Option<RawTls>,
     /// Custom Variables: name -> expression.
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub variables: Option<BTreeMap<String, Spanned<String>>>,
     /// Offline examples for `hookside check`.
+    #[schemars(with = "Option<Vec<RawExample>>")]
     pub examples: Option<Vec<Spanned<RawExample>>>,
 }
 
 /// `[auth]` as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     /// `"none"`, `"basic"` or `"bearer"`.
     #[serde(rename = "type")]
+    #[schemars(with = "Option<AuthTypeSchema>")]
     pub kind: Option<Spanned<String>>,
     /// Basic auth user name.
+    #[schemars(with = "Option<String>")]
     pub username: Option<Spanned<String>>,
     /// Basic auth password.
+    #[schemars(with = "Option<String>")]
     pub password: Option<Spanned<String>>,
     /// Bearer token.
+    #[schemars(with = "Option<String>")]
     pub token: Option<Spanned<String>>,
 }
 
 /// `[tls]` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// A PEM file of extra trust roots.
+    #[schemars(with = "Option<String>")]
     pub ca_file: Option<Spanned<String>>,
 }
 
 /// A query value: one template, or an array that repeats the key.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawQueryValue {
     /// One value.
@@ -85,18 +108,125 @@ pub enum RawQueryValue {
 }
 
 /// One `[[examples]]` entry as written.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawExample {
     /// The conversation object the bot would send.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub conversation: Option<toml::Value>,
     /// The upstream's status (default 200).
     pub status: Option<u16>,
     /// The upstream's body: a JSON string, or a TOML table or array.
+    #[schemars(with = "Option<serde_json::Value>")]
     pub response: Option<toml::Value>,
     /// Expected Custom Variables.
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub expect: Option<toml::Table>,
+    /// Expectations on the rendered request.
+    pub request: Option<RawExpectedRequest>,
+}
+
+/// `[examples.request]`: what the rendered request must be (every key optional).
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpectedRequest {
+    /// The method.
+    pub method: Option<String>,
+    /// The whole URL, with secrets as `***`.
+    pub url: Option<String>,
+    /// Headers that must be present with these values (secrets as `***`).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// The body: a table for a JSON body, a string for a text body.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub body: Option<toml::Value>,
+}
+
+/// Schema-only: `kind`.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "describes the schema only")]
+enum KindSchema {
+    /// Served under its name.
+    Webhook,
+    /// Not served; other files extend it.
+    Template,
+}
+
+/// Schema-only: a webhook or template name.
+#[derive(JsonSchema)]
+#[schemars(transparent)]
+#[expect(dead_code, reason = "describes the schema only")]
+struct NameSchema(#[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"))] String);
+
+/// Schema-only: an HTTP method, any case.
+#[derive(JsonSchema)]
+#[schemars(transparent)]
+#[expect(dead_code, reason = "describes the schema only")]
+struct MethodSchema(
+    #[schemars(regex(pattern = r"^(?i:get|post|put|patch|delete|head|options)$"))] String,
+);
+
+/// Schema-only: `response_type`.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "describes the schema only")]
+enum ResponseTypeSchema {
+    /// The response body is JSON.
+    Json,
+}
+
+/// Schema-only: `execution`.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "describes the schema only")]
+enum ExecutionSchema {
+    /// The conversation waits for the webhook.
+    Sync,
+}
+
+/// Schema-only: `[auth] type`.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "describes the schema only")]
+enum AuthTypeSchema {
+    /// No authentication.
+    None,
+    /// `username` and `password`.
+    Basic,
+    /// `token`.
+    Bearer,
+}
+
+/// Schema-only: a Context Value.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "describes the schema only")]
+enum ContextValueSchema {
+    /// Text.
+    Text(String),
+    /// A whole number.
+    Integer(i64),
+    /// A number.
+    Float(f64),
+    /// A boolean.
+    Boolean(bool),
+}
+
+/// Schema-only: `body`, a JSON body table or a text template.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "describes the schema only")]
+enum BodySchema {
+    /// A text body template.
+    Text(String),
+    /// A JSON body: string leaves are templates.
+    Json(serde_json::Map<String, serde_json::Value>),
+}
+
+/// The JSON Schema of a webhook file, generated from the types that parse it.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RawFile)).unwrap_or(serde_json::Value::Null)
 }
 
 /// `kind = ...`.

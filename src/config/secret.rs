@@ -84,6 +84,32 @@ pub fn has_reference(raw: &str) -> bool {
 /// from `base_dir` (the folder of the file that mentions them). The error message names
 /// the reference, never a secret's value.
 pub fn resolve(raw: &str, base_dir: &Path) -> Result<Vec<Piece>, String> {
+    split(raw, |reference| resolve_one(reference, base_dir))
+}
+
+/// Like [`resolve`], but a secret that cannot be resolved is replaced by a placeholder
+/// (`unset-env-NAME`) and reported: `hookside check` runs where production secrets are not.
+pub fn resolve_or_placeholder(
+    raw: &str,
+    base_dir: &Path,
+) -> Result<(Vec<Piece>, Vec<String>), String> {
+    let mut missing = Vec::new();
+    let pieces = split(raw, |reference| {
+        Ok(resolve_one(reference, base_dir).unwrap_or_else(|message| {
+            missing.push(message);
+            Secret {
+                value: format!("unset-{}", reference.replace([':', '/', '.'], "-")),
+                reference: reference.to_owned(),
+            }
+        }))
+    })?;
+    Ok((pieces, missing))
+}
+
+fn split(
+    raw: &str,
+    mut resolve: impl FnMut(&str) -> Result<Secret, String>,
+) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut rest = raw;
     while let Some(start) = find_reference(rest) {
@@ -94,8 +120,7 @@ pub fn resolve(raw: &str, base_dir: &Path) -> Result<Vec<Piece>, String> {
         let end = after
             .find('}')
             .ok_or_else(|| format!("unterminated secret reference `{}`", &rest[start..]))?;
-        let reference = &after[..end];
-        pieces.push(Piece::Secret(resolve_one(reference, base_dir)?));
+        pieces.push(Piece::Secret(resolve(&after[..end])?));
         rest = &after[end + 1..];
     }
     if !rest.is_empty() {

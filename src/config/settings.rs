@@ -33,6 +33,10 @@ pub struct Settings {
     pub deny_networks: Vec<IpNet>,
     /// Caller tokens per company.
     pub companies: HashMap<String, Company>,
+    /// Set by `hookside check`, not by the config file: a secret that cannot be resolved
+    /// is a warning and a placeholder stands in (checks run where production secrets are
+    /// not); `serve` and `run` need every secret.
+    pub secrets_optional: bool,
 }
 
 /// A company's settings.
@@ -87,6 +91,7 @@ impl Default for Settings {
             allowed_hosts: Vec::new(),
             deny_networks: default_deny_networks(),
             companies: HashMap::new(),
+            secrets_optional: false,
         }
     }
 }

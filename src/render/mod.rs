@@ -124,6 +124,8 @@ pub struct UrlTemplate {
     pub origin: String,
     /// The host, for the destination policy.
     pub host: String,
+    /// The names the origin read (`context.*`, `webhook.*`).
+    origin_names: BTreeSet<String>,
     path: TextTemplate,
     query: Option<TextTemplate>,
 }
@@ -427,9 +429,10 @@ impl UrlTemplate {
             return Err("url: a #fragment is never sent to a server; remove it".into());
         }
         let origin_template = TextTemplate::from_str(&url[..authority_end], Mode::Text)?;
-        let foreign: Vec<String> = origin_template
-            .names()
-            .into_iter()
+        let origin_names = origin_template.names();
+        let foreign: Vec<&str> = origin_names
+            .iter()
+            .map(String::as_str)
             .filter(|name| {
                 let root = name.split('.').next().unwrap_or(name);
                 root != "context" && root != "webhook"
@@ -472,6 +475,7 @@ impl UrlTemplate {
         };
         Ok(UrlTemplate {
             host: authority.host().trim_matches(['[', ']']).to_owned(),
+            origin_names,
             origin,
             path,
             query,
@@ -498,9 +502,10 @@ impl UrlTemplate {
         Ok(url)
     }
 
-    /// The names the path and query templates read.
+    /// The names the URL reads (origin, path and query).
     pub fn names(&self) -> BTreeSet<String> {
-        let mut names = self.path.names();
+        let mut names = self.origin_names.clone();
+        names.extend(self.path.names());
         if let Some(query) = &self.query {
             names.extend(query.names());
         }

@@ -3,7 +3,6 @@
 //! the minijinja view of the same data is built only when a Jinja template needs it.
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -31,7 +30,7 @@ pub struct Scope<'a> {
     fixed: &'a Fixed,
     conversation: &'a Json,
     answer: Option<Answer<'a>>,
-    jinja: OnceCell<Value>,
+    jinja: OnceLock<Value>,
 }
 
 /// The upstream's answer as variables see it.
@@ -90,7 +89,7 @@ impl<'a> Scope<'a> {
             fixed,
             conversation,
             answer: None,
-            jinja: OnceCell::new(),
+            jinja: OnceLock::new(),
         }
     }
 
@@ -100,7 +99,7 @@ impl<'a> Scope<'a> {
             fixed: self.fixed,
             conversation: self.conversation,
             answer: Some(answer),
-            jinja: OnceCell::new(),
+            jinja: OnceLock::new(),
         }
     }
 

@@ -1,0 +1,379 @@
+//! The real binary: `check`, `run`, `schema`, and the `/test` route.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::util::{Dir, Hookside, Reply, Upstream, send};
+
+fn hookside(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hookside"));
+    command
+        .args(args)
+        .env_remove("HOOKSIDE_DIR")
+        .env_remove("HOOKSIDE_CONFIG");
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    command.output().expect("run hookside")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+}
+
+#[test]
+fn check_reports_every_problem_with_its_location_and_fails() {
+    let broken = fixtures().join("broken");
+    let output = hookside(&["check", "--dir", broken.to_str().expect("utf-8")], &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let out = text(&output);
+    let line = |file: &str, needle: &str| {
+        out.lines()
+            .find(|l| l.contains(file) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no line for {file} / {needle} in:\n{out}"))
+            .to_owned()
+    };
+    assert!(line("syntax.toml", "").contains("syntax.toml:2:"), "{out}");
+    assert!(
+        line("fields.toml", "method").contains("fields.toml:2:10:"),
+        "{out}"
+    );
+    assert!(
+        line("fields.toml", "timeout").contains("fields.toml:4:"),
+        "{out}"
+    );
+    assert!(
+        line("unknown-key.toml", "retries").contains("unknown-key.toml:3:1:"),
+        "{out}"
+    );
+    let example = line("example.toml", "eta");
+    assert!(example.contains("example.toml:8:1:"), "{example}");
+    assert!(
+        example.contains("expected \"2026-12-01\", got \"2026-12-02\""),
+        "{example}"
+    );
+    assert!(
+        !out.contains("variable status"),
+        "a matching variable is not reported: {out}"
+    );
+    assert!(
+        out.lines()
+            .last()
+            .expect("summary")
+            .contains("problems in 4 files"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_passes_the_shipped_samples_and_each_has_an_example() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("webhooks.d");
+    let output = hookside(
+        &[
+            "check",
+            "--dir",
+            samples.to_str().expect("utf-8"),
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["webhooks"], 5);
+    assert!(
+        report["examples"].as_u64().expect("examples") >= 5,
+        "{report}"
+    );
+    for name in [
+        "order-status",
+        "create-ticket",
+        "crm-lookup",
+        "save-note",
+        "cancel-subscription",
+    ] {
+        let path = std::fs::read_dir(samples.join("acme"))
+            .into_iter()
+            .chain(std::fs::read_dir(samples.join("globex")))
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_stem().is_some_and(|s| {
+                    s == name
+                        || std::fs::read_to_string(p)
+                            .is_ok_and(|t| t.contains(&format!("name = \"{name}\"")))
+                })
+            })
+            .unwrap_or_else(|| panic!("{name} has a file"));
+        let text = std::fs::read_to_string(path).expect("read");
+        assert!(text.contains("[[examples]]"), "{name} has an example");
+    }
+    // A clean directory: exit 0 and one summary line.
+    let dir = Dir::new();
+    dir.file("w.toml", "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n");
+    let output = hookside(
+        &["check", "--dir", dir.path().to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        text(&output).trim(),
+        "ok: 1 files, 1 webhooks, 0 examples passed, 0 warnings"
+    );
+}
+
+#[test]
+fn check_never_prints_a_secret() {
+    let dir = Dir::new();
+    dir.file("canary", "canary-7f3a9c\n");
+    dir.file(
+        "w.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${file:canary}\"\n[headers]\nX = \"${file:canary}\"\n[[examples]]\nresponse = '{}'\n[examples.request]\nheaders = { authorization = \"Bearer canary-7f3a9c\" }\n",
+    );
+    dir.file("bad.toml", "password = \"${file:canary}\"\n[auth\n");
+    let output = hookside(
+        &["check", "--dir", dir.path().to_str().expect("utf-8")],
+        &[],
+    );
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("expected \"Bearer canary-7f3a9c\", got \"Bearer ***\""),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("canary-7f3a9c").count(),
+        1,
+        "only the file's own expectation is echoed: {out}"
+    );
+}
+
+// The binary blocks this thread while the upstream answers it: a second worker serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_the_request_the_answer_and_the_variables() {
+    let upstream = Upstream::start(|seen| {
+        Reply::json(
+            200,
+            json!({"order": {"status": "shipped", "echo": seen.header("authorization")}}),
+        )
+    })
+    .await;
+    let dir = Dir::new();
+    dir.file("token", "canary-token-42\n");
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"a\"\nmethod = \"POST\"\nurl = \"http://{}/orders/{{{{ extractedData.id }}}}\"\n[auth]\ntype = \"bearer\"\ntoken = \"${{file:token}}\"\n[body]\nid = \"{{{{ extractedData.id }}}}\"\n[variables]\nstatus = \"response.order.status\"\necho = \"response.order.echo\"\ngone = \"$.nope\"\n",
+            upstream.host()
+        ),
+    );
+    let context = dir.file("conversation.json", r#"{"extractedData": {"id": "A-17"}}"#);
+    let args = [
+        "run",
+        "w",
+        "--dir",
+        dir.path().to_str().expect("utf-8"),
+        "--context",
+        context.to_str().expect("utf-8"),
+    ];
+
+    let dry = hookside(&[&args[..], &["--dry-run"]].concat(), &[]);
+    let out = text(&dry);
+    assert_eq!(dry.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(&format!("POST http://{}/orders/A-17", upstream.host())),
+        "{out}"
+    );
+    assert!(out.contains("authorization: Bearer ***"), "{out}");
+    assert!(out.contains("dry run"), "{out}");
+    assert!(upstream.seen().is_empty(), "a dry run sends nothing");
+
+    let live = hookside(&args, &[]);
+    let out = text(&live);
+    assert_eq!(
+        live.status.code(),
+        Some(1),
+        "a variable found nothing: exit 1\n{out}"
+    );
+    assert_eq!(upstream.seen().len(), 1);
+    assert!(out.contains("=> 200 (ok)"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("status") && l.contains("\"shipped\"")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("gone") && l.contains("missing")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("canary-token-42"),
+        "the echoed secret is scrubbed: {out}"
+    );
+
+    let json = hookside(&[&args[..], &["--json"]].concat(), &[]);
+    let report: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(report["variables"]["status"], "shipped");
+    assert_eq!(report["variables"]["echo"], "Bearer ***");
+    assert_eq!(report["missing"], json!(["gone"]));
+    assert!(!String::from_utf8_lossy(&json.stdout).contains("canary-token-42"));
+
+    // From standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookside"))
+        .args([
+            "run",
+            "w",
+            "--dir",
+            dir.path().to_str().expect("utf-8"),
+            "--context",
+            "-",
+            "--dry-run",
+            "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(br#"{"extractedData": {"id": "B-2"}}"#)
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(
+        report["request"]["url"]
+            .as_str()
+            .expect("url")
+            .ends_with("/orders/B-2"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn the_test_route_shows_request_trace_and_warnings() {
+    let upstream = Upstream::fixed(Reply::raw(500, "<html>oops</html>")).await;
+    let dir = Dir::new();
+    dir.file("t", "route-canary-9");
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"a\"\nurl = \"http://{}/x?q={{{{ reply }}}}\"\n[context]\nunused = \"1\"\n[headers]\nX-Key = \"${{file:t}}\"\n[variables]\nv = \"response.v\"\n",
+            upstream.host()
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let url = format!("http://{}/v1/webhooks/w/test", hookside.bot);
+    let (status, _, body) = send(
+        http::Method::POST,
+        &format!("{url}?dry_run=true"),
+        &[],
+        br#"{"reply": "a b"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let dry: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(dry["dry_run"], true);
+    assert!(
+        dry["request"]["url"]
+            .as_str()
+            .expect("url")
+            .ends_with("/x?q=a%20b"),
+        "{dry}"
+    );
+    assert!(
+        dry["request"]["headers"].to_string().contains("***"),
+        "{dry}"
+    );
+    assert!(
+        dry["warnings"].to_string().contains("context.unused"),
+        "{dry}"
+    );
+    assert!(upstream.seen().is_empty());
+
+    let (status, _, body) = send(http::Method::POST, &url, &[], b"{}".to_vec()).await;
+    assert_eq!(status, 200);
+    let live: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(live["status"], 500);
+    assert_eq!(
+        live["response"], "<html>oops</html>",
+        "a body that is not JSON is shown as text"
+    );
+    assert!(
+        live["warnings"].to_string().contains("not valid JSON"),
+        "{live}"
+    );
+    assert_eq!(live["trace"][0]["name"], "v");
+    assert!(live["trace"][0]["missing"].is_string(), "{live}");
+    assert!(!String::from_utf8_lossy(&body).contains("route-canary-9"));
+}
+
+#[test]
+fn the_schema_validates_every_sample_and_fixture_and_rejects_unknown_keys() {
+    let output = hookside(&["schema"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let schema: Value = serde_json::from_slice(&output.stdout).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    let mut stack = vec![root.join("webhooks.d"), fixtures().join("valid")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 8, "{files:?}");
+    let as_json = |path: &Path| -> Value {
+        let table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(path).expect("read")).expect("TOML");
+        serde_json::to_value(table).expect("JSON")
+    };
+    for path in &files {
+        let instance = as_json(path);
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
+    let unknown = as_json(&fixtures().join("broken/unknown-key.toml"));
+    assert!(
+        !validator.is_valid(&unknown),
+        "an unknown key fails the schema"
+    );
+    let bad_method = json!({"company": "a", "url": "http://x/", "method": "FETCH"});
+    assert!(!validator.is_valid(&bad_method));
+}
+
+#[test]
+fn the_committed_schema_is_current() {
+    let output = hookside(&["schema"], &[]);
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("hookside.schema.json"))
+            .expect("read");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        committed,
+        "regenerate with: cargo run -- schema > hookside.schema.json"
+    );
+}
