@@ -255,13 +255,20 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // The bot API stops accepting at the first stop signal and drains; the admin API keeps
+    // answering (`/readyz` says 503, `/metrics` still counts) until the drain is over.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let bot_then_admin = async {
+        server::run(bot, Arc::clone(&state), Api::Bot, stopped(stop_rx.clone())).await;
+        let _ = admin_stop_tx.send(true);
+    };
     tokio::join!(
-        server::run(bot, Arc::clone(&state), Api::Bot, stopped(stop_rx.clone())),
+        bot_then_admin,
         server::run(
             admin,
             Arc::clone(&state),
             Api::Admin,
-            stopped(stop_rx.clone())
+            stopped(admin_stop_rx)
         ),
     );
     refresher.abort();

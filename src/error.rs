@@ -23,6 +23,8 @@ pub enum ErrorKind {
     UnknownWebhook,
     /// The request body is over the limit.
     PayloadTooLarge,
+    /// The request body did not arrive in time (an addition to the contract's table).
+    RequestTimeout,
     /// A template failed, or rendered an invalid header value.
     RenderError,
     /// DNS, connect or TLS failure.
@@ -63,6 +65,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::UnknownWebhook => "unknown_webhook",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::RenderError => "render_error",
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::DestinationDenied => "destination_denied",
@@ -83,6 +86,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::UnknownWebhook | ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::RenderError => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::DestinationDenied

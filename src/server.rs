@@ -13,11 +13,12 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::app::{self, State};
 use crate::config::{FileState, Served, Webhook};
@@ -39,16 +40,35 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `api` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// open connections finish their requests (up to [`DRAIN_TIMEOUT`]).
+///
+/// At most `max_connections` connections are served at once (the rest wait in the
+/// kernel's backlog); a client gets `header_read_timeout` to send a request's headers.
 pub async fn run(
     listener: TcpListener,
     state: Arc<State>,
     api: Api,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.settings.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(30));
+    let slots = Arc::new(Semaphore::new(state.settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -76,6 +96,7 @@ pub async fn run(
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -145,7 +166,7 @@ async fn invoke(
     };
     let webhook = Arc::clone(&served.webhook);
     authorize(state, &request, &webhook.company).map_err(|e| e.for_webhook(name))?;
-    let conversation = read_conversation(request, state.settings.max_request_body)
+    let conversation = read_conversation(request, &state.settings)
         .await
         .map_err(|e| e.for_webhook(name))?;
     match test {
@@ -229,8 +250,9 @@ fn unknown(name: &str) -> ApiError {
 /// Reads the conversation object within the body limit (declared or streamed).
 async fn read_conversation(
     request: Request<Incoming>,
-    limit: usize,
+    settings: &crate::config::Settings,
 ) -> Result<serde_json::Value, ApiError> {
+    let limit = settings.max_request_body;
     let too_large = || {
         ApiError::new(
             ErrorKind::PayloadTooLarge,
@@ -245,9 +267,21 @@ async fn read_conversation(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    let body = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
+    let collected = tokio::time::timeout(
+        settings.request_body_timeout,
+        Limited::new(request.into_body(), limit).collect(),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {:?}",
+                settings.request_body_timeout
+            ),
+        )
+    })?;
+    let body = collected
         .map_err(|err| {
             if err.is::<http_body_util::LengthLimitError>() {
                 too_large()

@@ -214,7 +214,7 @@ impl Upstream {
                     if err.is::<http_body_util::LengthLimitError>() {
                         CallError::TooLarge(limit)
                     } else {
-                        CallError::Body(err.to_string())
+                        CallError::Body(chain(&*err))
                     }
                 })?
                 .to_bytes();
@@ -262,6 +262,20 @@ fn build_client(roots: rustls::RootCertStore, deny: &Arc<Vec<IpNet>>) -> Client 
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
+}
+
+/// An error and its causes, as one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
 }
 
 /// Turns a client error into a call error, finding a policy refusal in its causes.

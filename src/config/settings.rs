@@ -27,6 +27,12 @@ pub struct Settings {
     pub max_request_body: usize,
     /// The largest upstream response accepted.
     pub max_response_body: usize,
+    /// Connections served at once per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (slowloris).
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub request_body_timeout: Duration,
     /// Hosts a webhook's URL may name; empty: any.
     pub allowed_hosts: Vec<String>,
     /// Networks no upstream address may fall in (checked on resolved addresses).
@@ -66,6 +72,9 @@ struct RawDefaults {
 struct RawLimits {
     max_request_body: Option<Spanned<String>>,
     max_response_body: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u32>>,
+    header_read_timeout: Option<Spanned<String>>,
+    request_body_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +97,9 @@ impl Default for Settings {
             default_timeout: Duration::from_secs(5),
             max_request_body: 1 << 20,
             max_response_body: 10 << 20,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(10),
             allowed_hosts: Vec::new(),
             deny_networks: default_deny_networks(),
             companies: HashMap::new(),
@@ -139,6 +151,38 @@ impl Settings {
             }
         }
         if let Some(limits) = raw.limits {
+            if let Some(max) = limits.max_connections {
+                if *max.get_ref() == 0 {
+                    problems.push(
+                        source
+                            .locate(max.span().start)
+                            .problem("limits.max_connections: must be more than 0"),
+                    );
+                } else {
+                    settings.max_connections = *max.get_ref() as usize;
+                }
+            }
+            for (field, value, target) in [
+                (
+                    "header_read_timeout",
+                    limits.header_read_timeout,
+                    &mut settings.header_read_timeout,
+                ),
+                (
+                    "request_body_timeout",
+                    limits.request_body_timeout,
+                    &mut settings.request_body_timeout,
+                ),
+            ] {
+                if let Some(value) = value {
+                    match parse_timeout(value.get_ref()) {
+                        Ok(duration) => *target = duration,
+                        Err(message) => {
+                            problems.push(at(&value, format!("limits.{field}: {message}")))
+                        }
+                    }
+                }
+            }
             for (field, value, target) in [
                 (
                     "max_request_body",
