@@ -107,12 +107,15 @@ pub async fn reload(state: &State, reason: &str) {
     let _guard = state.reload_lock.lock().await;
     let started = Instant::now();
     let previous = state.registry.snapshot();
-    let result = config::load(
-        &state.dir,
-        &state.settings,
-        &state.upstream,
-        previous.loaded.as_ref(),
-    );
+    // A bug in loading must never take down what serves: a panic is a failed reload.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        config::load(&state.dir, &state.settings, &state.upstream, previous.loaded.as_ref())
+    }))
+    .unwrap_or_else(|_| {
+        Err(config::LoadError::Panicked {
+            path: state.dir.clone(),
+        })
+    });
     let duration = started.elapsed();
     let next = match result {
         Ok(loaded) => {

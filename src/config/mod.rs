@@ -100,6 +100,12 @@ pub enum LoadError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Loading panicked (a bug): the previous snapshot keeps serving.
+    #[error("loading {} failed unexpectedly; the previous version keeps serving", path.display())]
+    Panicked {
+        /// The directory.
+        path: PathBuf,
+    },
 }
 
 /// Scans `dir`, parses and compiles every file. `previous` gives last-good versions and

@@ -214,9 +214,12 @@ impl TextTemplate {
         for piece in pieces {
             match piece {
                 Piece::Secret(secret) => parts.push(TextPart::Secret(secret)),
-                Piece::Text(text) if !is_template(&text) => parts.push(TextPart::Literal(text)),
+                Piece::Text(text) if !is_template(&text) => parts.push(TextPart::Literal(literal(text, mode))),
                 Piece::Text(text) => match split_lookups(&text) {
-                    Some(simple) => parts.extend(simple),
+                    Some(simple) => parts.extend(simple.into_iter().map(|part| match part {
+                        TextPart::Literal(text) => TextPart::Literal(literal(text, mode)),
+                        other => other,
+                    })),
                     None => parts.push(TextPart::Jinja(OwnedTemplate::compile(&text, mode)?)),
                 },
             }
@@ -288,6 +291,17 @@ impl TextTemplate {
             _ => None,
         })
     }
+}
+
+/// A literal of a URL template, with what a URL cannot hold raw (spaces, non-ASCII...)
+/// percent-encoded, as the file's own text: `/`, `?`, `&`, `=` and `%` stay as written.
+fn literal(text: String, mode: Mode) -> String {
+    if mode == Mode::Text {
+        return text;
+    }
+    let mut encoded = String::with_capacity(text.len());
+    escape_into(&mut encoded, &text, mode, true);
+    encoded
 }
 
 /// Splits `a {{ x.y }} b` into literal and lookup parts, or `None` when any part needs
@@ -529,7 +543,8 @@ fn find_outside_tags(text: &str, from: usize, needles: &[&str]) -> Option<usize>
                 .map_or(bytes.len(), |end| i + 2 + end + 2);
             continue;
         }
-        if needles.iter().any(|needle| text[i..].starts_with(needle)) {
+        // Bytes, not `str` slices: `i` may fall inside a multi-byte character.
+        if needles.iter().any(|needle| bytes[i..].starts_with(needle.as_bytes())) {
             return Some(i);
         }
         i += 1;
@@ -629,6 +644,15 @@ l = "plain"
         let dots = json!({"id": ".."});
         let dots = url.render(&Scope::new(&fixed, &dots), "").expect("renders");
         assert_eq!(dots, "https://eu.api.example/v1/%2E%2E/%2E%2E?q=");
+    }
+
+    #[test]
+    fn non_ascii_urls_load() {
+        // Found by the load_file fuzz target: a multi-byte character after the origin.
+        let url = UrlTemplate::compile("https://api.example/v0/{{ id }}?src˝ot=é", &fixed()).expect("compiles");
+        let conversation = json!({"id": "ü"});
+        let rendered = url.render(&Scope::new(&fixed(), &conversation), "").expect("renders");
+        assert_eq!(rendered, "https://api.example/v0/%C3%BC?src%CB%9Dot=%C3%A9");
     }
 
     #[test]
