@@ -30,7 +30,7 @@ pub struct State {
     /// Settings from the config file; fixed for the life of the process.
     pub settings: Arc<Settings>,
     /// The upstream clients; one set for the life of the process, so pools persist.
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     /// The current snapshot of webhooks.
     pub registry: Registry,
     /// Set when shutdown starts: `/readyz` answers 503 from then on.
@@ -78,7 +78,7 @@ pub enum ServeError {
 impl State {
     /// A state with nothing loaded yet.
     pub fn new(dir: PathBuf, settings: Settings) -> Arc<State> {
-        let upstream = Upstream::new(settings.deny_networks.clone());
+        let upstream = Arc::new(Upstream::new(settings.deny_networks.clone()));
         Arc::new(State {
             dir,
             settings: Arc::new(settings),
@@ -107,10 +107,18 @@ pub async fn reload(state: &State, reason: &str) {
     let _guard = state.reload_lock.lock().await;
     let started = Instant::now();
     let previous = state.registry.snapshot();
-    // A bug in loading must never take down what serves: a panic is a failed reload.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        config::load(&state.dir, &state.settings, &state.upstream, previous.loaded.as_ref())
-    }))
+    // Loading reads files: off the runtime's threads (with one core, the only one). A bug
+    // in loading must never take down what serves: a panic is a failed reload.
+    let (dir, settings, upstream, before) = (
+        state.dir.clone(),
+        Arc::clone(&state.settings),
+        Arc::clone(&state.upstream),
+        Arc::clone(&previous),
+    );
+    let result = tokio::task::spawn_blocking(move || {
+        config::load(&dir, &settings, &upstream, before.loaded.as_ref())
+    })
+    .await
     .unwrap_or_else(|_| {
         Err(config::LoadError::Panicked {
             path: state.dir.clone(),

@@ -91,7 +91,7 @@ fn run_example(
 ) {
     let at = &example.at;
     let scope = pipeline::scope(webhook, &example.conversation);
-    let rendered = match pipeline::render_request(webhook, &scope) {
+    let rendered = match pipeline::render_request(webhook, &scope, true) {
         Ok(rendered) => rendered,
         Err(err) => {
             problems.push(at.problem(format!(
@@ -101,8 +101,7 @@ fn run_example(
             return;
         }
     };
-    if let Some(expected) = &example.request {
-        let shown = &rendered.shown;
+    if let (Some(expected), Some(shown)) = (&example.request, &rendered.shown) {
         let mut differ =
             |what: &str, expected: &dyn std::fmt::Display, actual: &dyn std::fmt::Display| {
                 problems.push(at.problem(format!(

@@ -104,10 +104,7 @@ fn main() -> ExitCode {
             admin_listen,
             config,
         } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime() {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     eprintln!("hookside: cannot start the runtime: {err}");
@@ -281,6 +278,23 @@ fn run(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// One thread per core the process may use (CPU affinity and cgroup quotas count): on one
+/// core a current-thread runtime, with no cross-thread wake-ups or work stealing; on more,
+/// a work-stealing runtime with that many workers.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
     }
 }
 

@@ -21,8 +21,8 @@ use crate::upstream::Upstream;
 pub struct RenderedRequest {
     /// What is sent.
     pub request: Request<Full<Bytes>>,
-    /// What may be shown: secrets as `***`.
-    pub shown: ShownRequest,
+    /// What may be shown (secrets as `***`), when asked for.
+    pub shown: Option<ShownRequest>,
 }
 
 /// A rendered request as shown to people (`/test`, `hookside run`).
@@ -68,27 +68,27 @@ pub fn scope<'a>(webhook: &'a Webhook, conversation: &'a serde_json::Value) -> S
     Scope::new(&webhook.fixed, conversation)
 }
 
-/// Phase 2: render method, URL, headers and body; auth is added after rendering.
-pub fn render_request(webhook: &Webhook, data: &Scope<'_>) -> Result<RenderedRequest, ApiError> {
+/// Phase 2: render method, URL, headers and body; auth is added after rendering. With
+/// `show`, also the copy safe to show (Run Webhook, `check`); a bot call skips it.
+pub fn render_request(
+    webhook: &Webhook,
+    data: &Scope<'_>,
+    show: bool,
+) -> Result<RenderedRequest, ApiError> {
     let fail =
         |message: String| ApiError::new(ErrorKind::RenderError, message).for_webhook(&webhook.name);
 
     let mut query = String::new();
     let mut shown_query = String::new();
+    let mut query_has_secret = false;
     for (key, template) in &webhook.query {
         let value = template
             .render(data)
             .map_err(|e| fail(format!("query.{key}: {e}")))?;
-        for (out, text) in [
-            (&mut query, &value.value),
-            (&mut shown_query, &value.shown().to_owned()),
-        ] {
-            if !out.is_empty() {
-                out.push('&');
-            }
-            render::encode_component(out, key);
-            out.push('=');
-            render::encode_component(out, text);
+        append_pair(&mut query, key, &value.value);
+        if show {
+            query_has_secret |= value.redacted.is_some();
+            append_pair(&mut shown_query, key, value.shown());
         }
     }
     let url = webhook
@@ -98,33 +98,36 @@ pub fn render_request(webhook: &Webhook, data: &Scope<'_>) -> Result<RenderedReq
     let uri: http::Uri = url
         .parse()
         .map_err(|e| fail(format!("url: the rendered URL is not valid: {e}")))?;
-    let shown_url = if shown_query == query {
-        url.clone()
-    } else {
-        webhook
-            .url
-            .render(data, &shown_query)
-            .map_err(|e| fail(format!("url: {e}")))?
-    };
 
     let mut headers = HeaderMap::with_capacity(webhook.headers.len() + 3);
-    let mut shown_headers = Vec::with_capacity(webhook.headers.len() + 3);
+    let mut shown_headers = Vec::new();
     for (name, template) in &webhook.headers {
         let rendered = template
             .render(data)
             .map_err(|e| fail(format!("headers.{name}: {e}")))?;
-        let mut value = HeaderValue::from_str(&rendered.value).map_err(|_| {
+        let mut value = HeaderValue::from_maybe_shared(Bytes::from(rendered.value)).map_err(|_| {
             fail(format!(
                 "headers.{name}: the rendered value holds CR, LF, NUL or another character not allowed in a header"
             ))
         })?;
-        value.set_sensitive(rendered.redacted.is_some());
-        shown_headers.push((name.to_string(), rendered.shown().to_owned()));
+        if let Some(redacted) = rendered.redacted {
+            value.set_sensitive(true);
+            if show {
+                shown_headers.push((name.to_string(), redacted));
+            }
+        } else if show {
+            shown_headers.push((
+                name.to_string(),
+                value.to_str().unwrap_or_default().to_owned(),
+            ));
+        }
         headers.append(name.clone(), value);
     }
     if let Some(auth) = &webhook.auth {
         headers.insert(http::header::AUTHORIZATION, auth.value.clone());
-        shown_headers.push(("authorization".into(), auth.shown.into()));
+        if show {
+            shown_headers.push(("authorization".into(), auth.shown.into()));
+        }
     }
 
     let (body, shown_body, content_type) = match &webhook.body {
@@ -134,14 +137,19 @@ pub fn render_request(webhook: &Webhook, data: &Scope<'_>) -> Result<RenderedReq
                 .render(data)
                 .map_err(|e| fail(format!("body: {e}")))?;
             let bytes = serde_json::to_vec(&json).map_err(|e| fail(format!("body: {e}")))?;
-            (Bytes::from(bytes), json, Some("application/json"))
+            let shown = if show { json } else { serde_json::Value::Null };
+            (Bytes::from(bytes), shown, Some("application/json"))
         }
         Body::Text(template) => {
             let text = template
                 .render(data)
                 .map_err(|e| fail(format!("body: {e}")))?
                 .value;
-            let shown = serde_json::Value::String(text.clone());
+            let shown = if show {
+                serde_json::Value::String(text.clone())
+            } else {
+                serde_json::Value::Null
+            };
             (Bytes::from(text), shown, Some("text/plain; charset=utf-8"))
         }
     };
@@ -149,7 +157,9 @@ pub fn render_request(webhook: &Webhook, data: &Scope<'_>) -> Result<RenderedReq
         && !headers.contains_key(CONTENT_TYPE)
     {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        shown_headers.push(("content-type".into(), content_type.into()));
+        if show {
+            shown_headers.push(("content-type".into(), content_type.into()));
+        }
     }
     if !headers.contains_key(USER_AGENT) {
         headers.insert(
@@ -157,20 +167,40 @@ pub fn render_request(webhook: &Webhook, data: &Scope<'_>) -> Result<RenderedReq
             HeaderValue::from_static(concat!("hookside/", env!("CARGO_PKG_VERSION"))),
         );
     }
+    let shown = if show {
+        let shown_url = if query_has_secret {
+            webhook
+                .url
+                .render(data, &shown_query)
+                .map_err(|e| fail(format!("url: {e}")))?
+        } else {
+            url
+        };
+        Some(ShownRequest {
+            method: webhook.method.to_string(),
+            url: shown_url,
+            headers: shown_headers,
+            body: shown_body,
+        })
+    } else {
+        None
+    };
 
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = webhook.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
-    Ok(RenderedRequest {
-        request,
-        shown: ShownRequest {
-            method: webhook.method.to_string(),
-            url: shown_url,
-            headers: shown_headers,
-            body: shown_body,
-        },
-    })
+    Ok(RenderedRequest { request, shown })
+}
+
+/// Appends `key=value` (both percent-encoded) to a query string.
+fn append_pair(out: &mut String, key: &str, value: &str) {
+    if !out.is_empty() {
+        out.push('&');
+    }
+    render::encode_component(out, key);
+    out.push('=');
+    render::encode_component(out, value);
 }
 
 /// Phase 4: the upstream body as JSON; an empty body is `null`.
@@ -213,7 +243,7 @@ pub async fn invoke(
 ) -> Result<Invocation, ApiError> {
     let started = Instant::now();
     let scope = scope(webhook, conversation);
-    let rendered = render_request(webhook, &scope)?;
+    let rendered = render_request(webhook, &scope, false)?;
     call_and_map(
         upstream,
         webhook,

@@ -227,7 +227,7 @@ fn record(
         series.finish(outcome, elapsed);
     }
     match &invocation {
-        Ok(done) => tracing::info!(
+        Ok(done) => tracing::debug!(
             webhook = %webhook.name, company = %webhook.company, status = done.status,
             duration_ms = done.duration_ms, missing = done.missing.len(), "invoked"
         ),

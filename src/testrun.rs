@@ -78,14 +78,14 @@ pub async fn run(
         error: None,
     };
     let scope = pipeline::scope(webhook, conversation);
-    let rendered = match pipeline::render_request(webhook, &scope) {
+    let rendered = match pipeline::render_request(webhook, &scope, true) {
         Ok(rendered) => rendered,
         Err(err) => {
             run.error = Some(err);
             return run;
         }
     };
-    run.request = Some(rendered.shown);
+    run.request = rendered.shown;
     if dry_run {
         return run;
     }

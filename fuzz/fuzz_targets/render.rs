@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let webhook = webhook();
     let scope = pipeline::scope(webhook, &conversation);
-    if let Ok(rendered) = pipeline::render_request(webhook, &scope) {
+    if let Ok(rendered) = pipeline::render_request(webhook, &scope, false) {
         let uri = rendered.request.uri();
         assert_eq!(uri.scheme_str(), Some("https"));
         assert_eq!(uri.host(), Some("api.acme.example"));

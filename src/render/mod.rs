@@ -214,7 +214,9 @@ impl TextTemplate {
         for piece in pieces {
             match piece {
                 Piece::Secret(secret) => parts.push(TextPart::Secret(secret)),
-                Piece::Text(text) if !is_template(&text) => parts.push(TextPart::Literal(literal(text, mode))),
+                Piece::Text(text) if !is_template(&text) => {
+                    parts.push(TextPart::Literal(literal(text, mode)))
+                }
                 Piece::Text(text) => match split_lookups(&text) {
                     Some(simple) => parts.extend(simple.into_iter().map(|part| match part {
                         TextPart::Literal(text) => TextPart::Literal(literal(text, mode)),
@@ -544,7 +546,10 @@ fn find_outside_tags(text: &str, from: usize, needles: &[&str]) -> Option<usize>
             continue;
         }
         // Bytes, not `str` slices: `i` may fall inside a multi-byte character.
-        if needles.iter().any(|needle| bytes[i..].starts_with(needle.as_bytes())) {
+        if needles
+            .iter()
+            .any(|needle| bytes[i..].starts_with(needle.as_bytes()))
+        {
             return Some(i);
         }
         i += 1;
@@ -649,9 +654,12 @@ l = "plain"
     #[test]
     fn non_ascii_urls_load() {
         // Found by the load_file fuzz target: a multi-byte character after the origin.
-        let url = UrlTemplate::compile("https://api.example/v0/{{ id }}?src˝ot=é", &fixed()).expect("compiles");
+        let url = UrlTemplate::compile("https://api.example/v0/{{ id }}?src˝ot=é", &fixed())
+            .expect("compiles");
         let conversation = json!({"id": "ü"});
-        let rendered = url.render(&Scope::new(&fixed(), &conversation), "").expect("renders");
+        let rendered = url
+            .render(&Scope::new(&fixed(), &conversation), "")
+            .expect("renders");
         assert_eq!(rendered, "https://api.example/v0/%C3%BC?src%CB%9Dot=%C3%A9");
     }
 

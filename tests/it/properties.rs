@@ -61,7 +61,7 @@ proptest! {
         let webhook = webhook();
         let conversation = json!({"a": a, "b": b});
         let scope = pipeline::scope(webhook, &conversation);
-        match pipeline::render_request(webhook, &scope) {
+        match pipeline::render_request(webhook, &scope, false) {
             Ok(rendered) => {
                 let uri = rendered.request.uri();
                 prop_assert_eq!(uri.scheme_str(), Some("https"));
