@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""hookside against nginx and HAProxy, side by side, in one run.
+
+Run with: bash bench/run.sh [ROUNDS] [SECONDS]   (it installs the tools and builds first)
+
+Contenders, all answering the same POST with a small JSON body:
+  direct    the load generator straight to the upstream (the physical limit here)
+  nginx     proxy_pass adding `Authorization: Bearer ...` and `X-Session` from a request header
+  haproxy   the same with http-request set-header
+  hookside  a webhook: bearer auth, X-Session from the conversation, a small JSON body,
+            two variables mapped (one Jinja expression, one JSONPath)
+The upstream is nginx answering a fixed JSON document. Layout on the 2 cores: the
+contender on core 0; the load generator and the upstream on core 1 (for `direct`, a second
+upstream instance on core 0 plays the contender). Rounds interleave the contenders
+(A B C D A B C D ...) so that drift hits all alike. Loopback only; every run is bounded.
+
+Then, for hookside, nginx and HAProxy: CPU instructions per request (valgrind callgrind,
+repeatable where wall-clock is not) and, for hookside, allocations per invocation (dhat).
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOOKSIDE = os.path.join(ROOT, "target", "release", "hookside")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+CONTENDER_CORE = "0"
+CLIENT_CORE = "1"
+TOKEN = "bench-token-0123456789abcdef"
+CONNECTIONS = int(os.environ.get("CONNS", "32"))
+RATE = int(os.environ.get("RATE", "2000"))
+CONVERSATION = json.dumps({
+    "sessionId": "s-1", "reply": "where is my order?", "moduleId": 4,
+    "extractedData": {"orderId": "A-17", "priority": 2},
+})
+UPSTREAM_ANSWER = ('{"order":{"id":"A-17","status":"shipped","delivery":{"eta":"2026-12-01",'
+                   '"carrier":"DHL"},"items":[{"sku":"A-1","qty":2},{"sku":"B-7","qty":1}]}}')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def pinned(core, command):
+    return ["taskset", "-c", core] + command
+
+
+def nginx_upstream_conf(work, name, port):
+    return f"""
+worker_processes 1; daemon off; master_process off;
+pid {work}/{name}.pid; error_log {work}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  client_body_temp_path {work}/{name}-body; proxy_temp_path {work}/{name}-proxy;
+  fastcgi_temp_path {work}/{name}-fcgi; uwsgi_temp_path {work}/{name}-uwsgi; scgi_temp_path {work}/{name}-scgi;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{ default_type application/json; return 200 '{UPSTREAM_ANSWER}'; }}
+  }}
+}}
+"""
+
+
+def nginx_proxy_conf(work, port, upstream):
+    return f"""
+worker_processes 1; daemon off; master_process off;
+pid {work}/nginx.pid; error_log {work}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
+  client_body_temp_path {work}/nginx-body; proxy_temp_path {work}/nginx-proxy;
+  fastcgi_temp_path {work}/nginx-fcgi; uwsgi_temp_path {work}/nginx-uwsgi; scgi_temp_path {work}/nginx-scgi;
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 128; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer {TOKEN}";
+      proxy_set_header X-Session $http_x_session;
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(port, upstream):
+    return f"""
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{port}
+  http-request set-header Authorization "Bearer {TOKEN}"
+  http-request set-header X-Session %[req.hdr(x-session)]
+  default_backend be
+backend be
+  http-reuse always
+  server up 127.0.0.1:{upstream} maxconn 1000
+"""
+
+
+def hookside_webhook(upstream):
+    return f"""company = "bench"
+method = "POST"
+url = "http://127.0.0.1:{upstream}/v1/orders/{{{{ extractedData.orderId }}}}"
+timeout = "5s"
+[auth]
+type = "bearer"
+token = "${{file:../token}}"
+[headers]
+X-Session = "{{{{ sessionId }}}}"
+[body]
+order = "{{{{ extractedData.orderId }}}}"
+text = "{{{{ reply }}}}"
+[variables]
+status = "response.order.status"
+eta = "$.order.delivery.eta"
+"""
+
+
+class Lab:
+    """Every server, started once; contenders idle while another is measured."""
+
+    def __init__(self, work, hookside_wrapper=None, only=None):
+        self.work = work
+        self.processes = []
+        self.ports = {name: free_port() for name in ["up", "direct", "nginx", "haproxy", "hookside", "admin"]}
+        p = self.ports
+        write(f"{work}/up.conf", nginx_upstream_conf(work, "up", p["up"]))
+        write(f"{work}/direct.conf", nginx_upstream_conf(work, "direct", p["direct"]))
+        write(f"{work}/nginx.conf", nginx_proxy_conf(work, p["nginx"], p["up"]))
+        write(f"{work}/haproxy.cfg", haproxy_conf(p["haproxy"], p["up"]))
+        os.makedirs(f"{work}/webhooks.d", exist_ok=True)
+        write(f"{work}/token", TOKEN + "\n")
+        write(f"{work}/webhooks.d/bench.toml", hookside_webhook(p["up"]))
+        self.start(CLIENT_CORE, [NGINX, "-c", f"{work}/up.conf", "-p", work], p["up"])
+        commands = {
+            "direct": [NGINX, "-c", f"{work}/direct.conf", "-p", work],
+            "nginx": [NGINX, "-c", f"{work}/nginx.conf", "-p", work],
+            "haproxy": [HAPROXY, "-f", f"{work}/haproxy.cfg", "-db"],
+            "hookside": (hookside_wrapper or []) + [
+                HOOKSIDE, "serve", "--dir", f"{work}/webhooks.d",
+                "--listen", f"127.0.0.1:{p['hookside']}", "--admin-listen", f"127.0.0.1:{p['admin']}"],
+        }
+        self.pids = {}
+        for name, command in commands.items():
+            if only and name not in only:
+                continue
+            self.pids[name] = self.start(CONTENDER_CORE, command, p[name])
+
+    def start(self, core, command, port):
+        env = {**os.environ, "RUST_LOG": "warn"}
+        process = subprocess.Popen(pinned(core, command), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env=env)
+        self.processes.append(process)
+        wait_port(port)
+        return process.pid
+
+    def target(self, name):
+        port = self.ports[name]
+        if name == "hookside":
+            return f"http://127.0.0.1:{port}/v1/webhooks/bench"
+        return f"http://127.0.0.1:{port}/v1/orders/A-17"
+
+    def stop(self):
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def check(lab):
+    """Every contender answers, and hookside maps its variables."""
+    for name in ["direct", "nginx", "haproxy", "hookside"]:
+        request = urllib.request.Request(lab.target(name), data=CONVERSATION.encode(), method="POST",
+                                         headers={"x-session": "s-1", "content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = json.loads(response.read())
+        if name == "hookside":
+            assert body["variables"] == {"status": "shipped", "eta": "2026-12-01"}, body
+        else:
+            assert body["order"]["status"] == "shipped", body
+
+
+def wrk_script(work):
+    path = f"{work}/post.lua"
+    body = CONVERSATION.replace("\\", "\\\\").replace('"', '\\"')
+    write(path, f'wrk.method = "POST"\nwrk.body = "{body}"\n'
+                'wrk.headers["Content-Type"] = "application/json"\nwrk.headers["X-Session"] = "s-1"\n')
+    return path
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def saturation(lab, name, seconds, script, rss_of=None):
+    command = pinned(CLIENT_CORE, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency",
+                                   "-s", script, lab.target(name)])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    rss = None
+    if rss_of:
+        time.sleep(seconds / 2)
+        rss = rss_mib(rss_of)
+    out, _ = process.communicate(timeout=seconds + 30)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        raise RuntimeError(f"{name}: errors under load:\n{out}")
+    latency = {}
+    for pct, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        latency[pct] = float(value) * UNITS[unit]
+    return {"rps": rps, "p50_ms": latency.get("50"), "p99_ms": latency.get("99"), "rss_mib": rss}
+
+
+def fixed_rate(lab, name, seconds):
+    command = pinned(CLIENT_CORE, [
+        "oha", "-z", f"{seconds}s", "-q", str(RATE), "-c", str(CONNECTIONS), "--latency-correction",
+        "--no-tui", "--output-format", "json", "-m", "POST", "-d", CONVERSATION,
+        "-H", "content-type: application/json", "-H", "x-session: s-1", lab.target(name)])
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    report = json.loads(out)
+    percentiles = report["latencyPercentiles"]
+    status = report.get("statusCodeDistribution", {})
+    if set(status) - {"200"}:
+        raise RuntimeError(f"{name}: non-200 answers at fixed rate: {status}")
+    return {
+        "p50_ms": percentiles["p50"] * 1e3,
+        "p99_ms": percentiles["p99"] * 1e3,
+        "p999_ms": percentiles["p99.9"] * 1e3,
+        "rps": report["summary"]["requestsPerSec"],
+    }
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def spread(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
+
+
+def timing(rounds, seconds):
+    work = tempfile.mkdtemp(prefix="hookside-bench-")
+    lab = Lab(work)
+    try:
+        check(lab)
+        script = wrk_script(work)
+        contenders = ["direct", "nginx", "haproxy", "hookside"]
+        for name in contenders:  # warm-up: connections, pools, caches
+            saturation(lab, name, 1, script)
+        idle_rss = rss_mib(lab.pids["hookside"])
+        sat = {n: [] for n in contenders}
+        fixed = {n: [] for n in contenders}
+        for r in range(rounds):
+            for name in contenders:
+                sat[name].append(saturation(lab, name, seconds, script,
+                                            rss_of=lab.pids["hookside"] if name == "hookside" else None))
+            for name in contenders:
+                fixed[name].append(fixed_rate(lab, name, seconds))
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {sat[n][-1]['rps']:.0f}/s" for n in contenders),
+                  file=sys.stderr)
+        return {"saturation": sat, "fixed": fixed, "idle_rss_mib": idle_rss}
+    finally:
+        lab.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report_timing(result):
+    sat, fixed = result["saturation"], result["fixed"]
+    lines = [f"Saturation (wrk, 1 thread, {CONNECTIONS} connections), median (min-max) over rounds:", "",
+             "| contender | requests/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+    for name, runs in sat.items():
+        lines.append(f"| {name} | {spread([r['rps'] for r in runs])} | {spread([r['p50_ms'] for r in runs])} "
+                     f"| {spread([r['p99_ms'] for r in runs])} |")
+    lines += ["", "Throughput ratios per round (same round, side by side):", ""]
+    for other in ["nginx", "haproxy"]:
+        ratios = [h["rps"] / o["rps"] for h, o in zip(sat["hookside"], sat[other])]
+        lines.append(f"- hookside/{other}: {spread(ratios)}")
+    lines += ["", f"Fixed rate (oha, {RATE} requests/s, latency-corrected), median (min-max):", "",
+              "| contender | p50 ms | p99 ms | p99.9 ms | p99 added over direct ms |", "| --- | --- | --- | --- | --- |"]
+    for name, runs in fixed.items():
+        added = [r["p99_ms"] - d["p99_ms"] for r, d in zip(runs, fixed["direct"])]
+        lines.append(f"| {name} | {spread([r['p50_ms'] for r in runs])} | {spread([r['p99_ms'] for r in runs])} "
+                     f"| {spread([r['p999_ms'] for r in runs])} | {spread(added) if name != 'direct' else '-'} |")
+    lines += ["", f"hookside resident memory: idle {result['idle_rss_mib']:.1f} MiB, under load "
+              f"{spread([r['rss_mib'] for r in sat['hookside']])} MiB"]
+    return "\n".join(lines)
+
+
+def valgrind_count(tool, name, requests):
+    """Runs `name` under valgrind `tool`, sends `requests` requests one at a time, stops it."""
+    work = tempfile.mkdtemp(prefix=f"hookside-{tool}-")
+    out = f"{work}/{tool}.out"
+    wrapper = ["valgrind", f"--tool={tool}", f"--{tool}-out-file={out}"]
+    if tool == "callgrind":
+        wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    lab = None
+    try:
+        if name == "hookside":
+            lab = Lab(work, hookside_wrapper=wrapper, only={"hookside"})
+        else:
+            lab = Lab(work, only=set())
+            command = {"nginx": [NGINX, "-c", f"{work}/nginx.conf", "-p", work],
+                       "haproxy": [HAPROXY, "-f", f"{work}/haproxy.cfg", "-db"]}[name]
+            lab.pids[name] = lab.start(CONTENDER_CORE, wrapper + command, lab.ports[name])
+        if requests:
+            subprocess.run(pinned(CLIENT_CORE, [
+                "oha", "-n", str(requests), "-c", "1", "--no-tui", "-m", "POST", "-d", CONVERSATION,
+                "-H", "content-type: application/json", "-H", "x-session: s-1", lab.target(name)]),
+                capture_output=True, check=True, timeout=600)
+    finally:
+        if lab:
+            lab.stop()
+    with open(out) as f:
+        text = f.read()
+    shutil.rmtree(work, ignore_errors=True)
+    if tool == "callgrind":
+        return int(re.search(r"^summary:\s+(\d+)", text, re.M).group(1))
+    report = json.loads(text)
+    return sum(pp["tb"] for pp in report["pps"]), sum(pp["tbk"] for pp in report["pps"])
+
+
+def instructions(requests=2000, warmup=200):
+    lines = ["CPU instructions per request (valgrind callgrind; (total with "
+             f"{warmup + requests} requests - total with {warmup}) / {requests}):", "",
+             "| server | instructions per request |", "| --- | --- |"]
+    for name in ["nginx", "haproxy", "hookside"]:
+        low = valgrind_count("callgrind", name, warmup)
+        high = valgrind_count("callgrind", name, warmup + requests)
+        lines.append(f"| {name} | {(high - low) / requests:,.0f} |")
+    low_bytes, low_blocks = valgrind_count("dhat", "hookside", warmup)
+    high_bytes, high_blocks = valgrind_count("dhat", "hookside", warmup + requests)
+    lines += ["", f"hookside allocations per invocation (valgrind dhat): {(high_blocks - low_blocks) / requests:.1f} "
+              f"blocks, {(high_bytes - low_bytes) / requests:,.0f} bytes"]
+    return "\n".join(lines)
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    rounds = int(args[0]) if args else 5
+    seconds = int(args[1]) if len(args) > 1 else 5
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    print(f"hookside bench at commit {commit}, {os.cpu_count()} cores, {rounds} rounds of {seconds} s\n")
+    if "--instructions-only" not in sys.argv:
+        print(report_timing(timing(rounds, seconds)))
+        print()
+    if "--no-instructions" not in sys.argv:
+        print(instructions())
+
+
+if __name__ == "__main__":
+    main()

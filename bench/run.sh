@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# hookside against nginx and HAProxy, side by side, on loopback.
+# Run with: bash bench/run.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 5 s per test)
+# Installs what it needs (Debian's nginx, haproxy, wrk, valgrind; oha from crates.io,
+# cached in ~/.cargo/bin), builds hookside in release mode, then runs bench/run.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for tool in nginx haproxy wrk valgrind python3 taskset; do
+  command -v "$tool" >/dev/null 2>&1 || command -v "/usr/sbin/$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  pkgs=("${need[@]/taskset/util-linux}")
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+command -v oha >/dev/null 2>&1 || cargo install oha --locked   # about 11 minutes, once
+cargo build --release --locked --bin hookside
+exec python3 bench/run.py "$@"
