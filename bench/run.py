@@ -31,6 +31,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOOKSIDE = os.path.join(ROOT, "target", "release", "hookside")
+# The same build with the system allocator, which valgrind's dhat can count.
+HOOKSIDE_SYSTEM_ALLOC = os.path.join(ROOT, "target", "system-alloc", "release", "hookside")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 CONTENDER_CORE = "0"
@@ -170,7 +172,7 @@ class Lab:
             "nginx": [NGINX, "-c", f"{work}/nginx.conf", "-p", work],
             "haproxy": [HAPROXY, "-f", f"{work}/haproxy.cfg", "-db"],
             "hookside": (hookside_wrapper or []) + [
-                HOOKSIDE, "serve", "--dir", f"{work}/webhooks.d",
+                HOOKSIDE_SYSTEM_ALLOC if hookside_wrapper and "--tool=dhat" in hookside_wrapper else HOOKSIDE, "serve", "--dir", f"{work}/webhooks.d",
                 "--listen", f"127.0.0.1:{p['hookside']}", "--admin-listen", f"127.0.0.1:{p['admin']}"],
         }
         self.pids = {}
@@ -370,7 +372,10 @@ def instructions(requests=2000, warmup=200):
     lines = ["CPU instructions per request (valgrind callgrind; (total with "
              f"{warmup + requests} requests - total with {warmup}) / {requests}):", "",
              "| server | instructions per request |", "| --- | --- |"]
+    only = os.environ.get("ONLY")
     for name in ["nginx", "haproxy", "hookside"]:
+        if only and name != only:
+            continue
         low = valgrind_count("callgrind", name, warmup)
         high = valgrind_count("callgrind", name, warmup + requests)
         lines.append(f"| {name} | {(high - low) / requests:,.0f} |")

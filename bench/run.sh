@@ -16,4 +16,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v oha >/dev/null 2>&1 || cargo install oha --locked   # about 11 minutes, once
 cargo build --release --locked --bin hookside
+cargo build --release --locked --bin hookside --no-default-features --target-dir target/system-alloc
 exec python3 bench/run.py "$@"

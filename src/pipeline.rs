@@ -55,6 +55,10 @@ pub struct Invocation {
     pub missing: Vec<String>,
     /// The upstream's body as JSON (`null` when empty).
     pub response: serde_json::Value,
+    /// The upstream's body as it came, when it is JSON and holds no secret: the bot's
+    /// answer embeds it as is instead of serializing `response` again.
+    #[serde(skip)]
+    pub raw_response: Option<Bytes>,
     /// Per-variable trace, for Run Webhook.
     #[serde(skip)]
     pub trace: Vec<Outcome>,
@@ -308,12 +312,70 @@ pub async fn call_and_map(
             .map(|o| o.name.clone())
             .collect(),
         response,
+        raw_response: None,
         trace,
         warnings,
     };
-    scrub_invocation(&mut invocation, &webhook.secrets);
+    if may_hold_secret(&answer.body, &answer.headers, &webhook.secrets) {
+        scrub_invocation(&mut invocation, &webhook.secrets);
+    } else if !invocation.response.is_null() && !lenient_json {
+        invocation.raw_response = Some(answer.body);
+    }
     invocation.duration_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
     Ok(invocation)
+}
+
+/// Whether the answer could hold a secret: one of them appears in the body or a header, or
+/// the body has `\u` escapes (which could spell one). When not, scrubbing is skipped.
+fn may_hold_secret(body: &[u8], headers: &HeaderMap, secrets: &[String]) -> bool {
+    if secrets.is_empty() {
+        return false;
+    }
+    if memchr::memmem::find(body, b"\\u").is_some() {
+        return true;
+    }
+    secrets.iter().any(|secret| {
+        let finder = memchr::memmem::Finder::new(secret.as_bytes());
+        finder.find(body).is_some()
+            || headers
+                .values()
+                .any(|v| finder.find(v.as_bytes()).is_some())
+    })
+}
+
+impl Invocation {
+    /// The bot's answer as JSON bytes: `{ webhook, status, ok, duration_ms, variables,
+    /// missing, response }`, with the upstream's body embedded as it came when possible.
+    pub fn to_answer(&self) -> Vec<u8> {
+        let Some(raw) = &self.raw_response else {
+            return serde_json::to_vec(self).unwrap_or_default();
+        };
+        #[derive(Serialize)]
+        struct Head<'a> {
+            webhook: &'a str,
+            status: u16,
+            ok: bool,
+            duration_ms: f64,
+            variables: &'a serde_json::Map<String, serde_json::Value>,
+            missing: &'a [String],
+        }
+        let head = Head {
+            webhook: &self.webhook,
+            status: self.status,
+            ok: self.ok,
+            duration_ms: self.duration_ms,
+            variables: &self.variables,
+            missing: &self.missing,
+        };
+        let mut out = Vec::with_capacity(raw.len() + 256);
+        if serde_json::to_writer(&mut out, &head).is_err() || out.pop() != Some(b'}') {
+            return serde_json::to_vec(self).unwrap_or_default();
+        }
+        out.extend_from_slice(b",\"response\":");
+        out.extend_from_slice(raw.trim_ascii());
+        out.push(b'}');
+        out
+    }
 }
 
 /// Phase 6 guard: an upstream that echoes a secret back has it replaced by `***`.

@@ -184,7 +184,7 @@ async fn invoke(
             )
             .await;
             let invocation = record(&webhook, series, started.elapsed(), invocation)?;
-            Ok(json_response(StatusCode::OK, &invocation))
+            Ok(bytes_response(StatusCode::OK, invocation.to_answer()))
         }
         Some(dry_run) => {
             let run = crate::testrun::run(
@@ -507,7 +507,14 @@ pub fn config_report(state: &State) -> serde_json::Value {
 
 /// A JSON response with `status`.
 pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    bytes_response(
+        status,
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
+    )
+}
+
+/// A response with `status` and a JSON body already serialized.
+pub fn bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response.headers_mut().insert(
