@@ -577,6 +577,33 @@ async fn slow_and_huge_clients_are_cut_off_without_buffering() {
         "the slow client was cut off after {waited:?}: {answer}"
     );
 
+    // An idle keep-alive connection is closed after the same timeout.
+    let idle = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(bot).expect("connect");
+        let request = format!(
+            "POST /v1/webhooks/w HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CANARY}\r\ncontent-length: 2\r\n\r\n{{}}"
+        );
+        stream.write_all(request.as_bytes()).expect("write");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        )
+    });
+    let (waited, answer) = tokio::task::spawn_blocking(move || idle.join().expect("thread"))
+        .await
+        .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "an idle keep-alive connection was closed after {waited:?}"
+    );
+
     // A body that drips: 408 after the body timeout.
     let drip = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(bot).expect("connect");
@@ -752,4 +779,36 @@ async fn a_second_signal_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(code, Some(1));
+}
+
+#[tokio::test]
+async fn proxy_variables_are_ignored() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({"direct": true}))).await;
+    let dir = Dir::new();
+    let args = setup(&dir, "");
+    dir.file(
+        "webhooks.d/w.toml",
+        &webhook(&format!("http://{}/", upstream.host()), ""),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let process = Process::serve(
+        &dir.path().join("webhooks.d"),
+        &args,
+        &[
+            ("CANARY_ENV", CANARY),
+            ("HTTP_PROXY", "http://127.0.0.1:9"),
+            ("http_proxy", "http://127.0.0.1:9"),
+            ("HTTPS_PROXY", "http://127.0.0.1:9"),
+            ("ALL_PROXY", "http://127.0.0.1:9"),
+            ("NO_PROXY", ""),
+        ],
+    );
+    let (status, answer) = call(&process, "w", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["response"]["direct"], true);
+    assert_eq!(
+        upstream.seen().len(),
+        1,
+        "the request went straight to the upstream"
+    );
 }
