@@ -142,6 +142,16 @@ async fn bot(state: &State, request: Request<Incoming>) -> Result<Response<Full<
     }
 }
 
+/// The loaded directory, or `not_ready` before the first load.
+fn loaded(snapshot: &crate::registry::Snapshot) -> Result<&crate::config::Loaded, ApiError> {
+    snapshot.loaded.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotReady,
+            "the webhook directory has not been loaded yet",
+        )
+    })
+}
+
 fn not_found(path: &str) -> ApiError {
     ApiError::new(ErrorKind::NotFound, format!("no route {path}"))
 }
@@ -154,13 +164,7 @@ async fn invoke(
     test: Option<bool>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let snapshot = state.registry.snapshot();
-    let Some(loaded) = &snapshot.loaded else {
-        return Err(ApiError::new(
-            ErrorKind::NotReady,
-            "the webhook directory has not been loaded yet",
-        )
-        .for_webhook(name));
-    };
+    let loaded = loaded(&snapshot).map_err(|e| e.for_webhook(name))?;
     let Some(served) = loaded.webhooks.get(name) else {
         return Err(unknown(name));
     };
@@ -368,12 +372,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn list(state: &State, request: &Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     let snapshot = state.registry.snapshot();
-    let Some(loaded) = &snapshot.loaded else {
-        return Err(ApiError::new(
-            ErrorKind::NotReady,
-            "the webhook directory has not been loaded yet",
-        ));
-    };
+    let loaded = loaded(&snapshot)?;
     let webhooks: Vec<serde_json::Value> = loaded
         .webhooks
         .values()
@@ -392,13 +391,7 @@ fn describe(
     name: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let snapshot = state.registry.snapshot();
-    let Some(loaded) = &snapshot.loaded else {
-        return Err(ApiError::new(
-            ErrorKind::NotReady,
-            "the webhook directory has not been loaded yet",
-        )
-        .for_webhook(name));
-    };
+    let loaded = loaded(&snapshot).map_err(|e| e.for_webhook(name))?;
     let served = loaded.webhooks.get(name).ok_or_else(|| unknown(name))?;
     authorize(state, request, &served.webhook.company).map_err(|e| e.for_webhook(name))?;
     let mut body = entry(served);
