@@ -316,7 +316,7 @@ pub async fn call_and_map(
         trace,
         warnings,
     };
-    if may_hold_secret(&answer.body, &answer.headers, &webhook.secrets) {
+    if may_hold_secret(&answer.body, &answer.headers, &webhook.secret_finders) {
         scrub_invocation(&mut invocation, &webhook.secrets);
     } else if !invocation.response.is_null() && !lenient_json {
         invocation.raw_response = Some(answer.body);
@@ -327,15 +327,18 @@ pub async fn call_and_map(
 
 /// Whether the answer could hold a secret: one of them appears in the body or a header, or
 /// the body has `\u` escapes (which could spell one). When not, scrubbing is skipped.
-fn may_hold_secret(body: &[u8], headers: &HeaderMap, secrets: &[String]) -> bool {
+fn may_hold_secret(
+    body: &[u8],
+    headers: &HeaderMap,
+    secrets: &[memchr::memmem::Finder<'static>],
+) -> bool {
     if secrets.is_empty() {
         return false;
     }
     if memchr::memmem::find(body, b"\\u").is_some() {
         return true;
     }
-    secrets.iter().any(|secret| {
-        let finder = memchr::memmem::Finder::new(secret.as_bytes());
+    secrets.iter().any(|finder| {
         finder.find(body).is_some()
             || headers
                 .values()

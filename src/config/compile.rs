@@ -62,6 +62,8 @@ pub struct Webhook {
     pub client: Arc<Client>,
     /// Every secret value this webhook holds, to scrub from anything it answers.
     pub secrets: Vec<String>,
+    /// The same, as prebuilt substring searchers (a request only searches).
+    pub secret_finders: Vec<memchr::memmem::Finder<'static>>,
     /// Context Values no template reads.
     pub unused_context: Vec<String>,
     /// What `hookside check` warns about: unused Context Values, secrets not set here.
@@ -426,6 +428,10 @@ pub fn compile(
         variables,
         examples,
         client,
+        secret_finders: secrets
+            .iter()
+            .map(|secret| memchr::memmem::Finder::new(secret.as_bytes()).into_owned())
+            .collect(),
         secrets,
         unused_context,
         warnings: sink.warnings,
