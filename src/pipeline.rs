@@ -326,7 +326,7 @@ pub async fn call_and_map(
 }
 
 /// Whether the answer could hold a secret: one of them appears in the body or a header, or
-/// the body has `\u` escapes (which could spell one). When not, scrubbing is skipped.
+/// the body has escapes (which could spell one). When not, scrubbing is skipped.
 fn may_hold_secret(
     body: &[u8],
     headers: &HeaderMap,
@@ -335,7 +335,8 @@ fn may_hold_secret(
     if secrets.is_empty() {
         return false;
     }
-    if memchr::memmem::find(body, b"\\u").is_some() {
+    // Any escape (`\u0061`, `\/`, `\"`) could spell a secret the plain search misses.
+    if memchr::memchr(b'\\', body).is_some() {
         return true;
     }
     secrets.iter().any(|finder| {

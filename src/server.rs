@@ -119,7 +119,10 @@ pub async fn handle(state: &State, api: Api, request: Request<Incoming>) -> Resp
 
 async fn bot(state: &State, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = request.uri().path().to_owned();
-    let Some(rest) = path.strip_prefix("/v1/webhooks") else {
+    let Some(rest) = path
+        .strip_prefix("/v1/webhooks")
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    else {
         return Err(not_found(&path));
     };
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
@@ -324,35 +327,47 @@ fn caller_token(request: &Request<Incoming>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Checks the caller token for `company`: 401 without one, 403 with another's.
+/// Checks the caller for `company`. A caller whose token belongs to one or more companies
+/// sees and calls only their webhooks (403 for any other); a caller without a known token
+/// calls the webhooks of companies that have no tokens, gets 401 (no token) or 403 (a token
+/// that is not theirs) for the others.
 fn authorize(state: &State, request: &Request<Incoming>, company: &str) -> Result<(), ApiError> {
-    let Some(tokens) = state
-        .settings
-        .companies
-        .get(company)
-        .map(|c| &c.caller_tokens)
-    else {
-        return Ok(());
+    let companies = &state.settings.companies;
+    let presented = caller_token(request);
+    let owned_by = |name: &str| {
+        presented.is_some_and(|token| {
+            companies.get(name).is_some_and(|c| {
+                c.caller_tokens
+                    .iter()
+                    .any(|t| constant_time_eq(t.value.as_bytes(), token.as_bytes()))
+            })
+        })
     };
-    if tokens.is_empty() {
-        return Ok(());
-    }
-    let Some(presented) = caller_token(request) else {
-        return Err(ApiError::new(
-            ErrorKind::Unauthorized,
-            "this webhook needs Authorization: Bearer TOKEN",
-        ));
-    };
-    if tokens
-        .iter()
-        .any(|t| constant_time_eq(t.value.as_bytes(), presented.as_bytes()))
-    {
-        Ok(())
-    } else {
-        Err(ApiError::new(
+    let forbidden = || {
+        ApiError::new(
             ErrorKind::Forbidden,
             "the caller token is not valid for this webhook's company",
-        ))
+        )
+    };
+    if owned_by(company) {
+        return Ok(());
+    }
+    let has_tokens = |name: &str| {
+        companies
+            .get(name)
+            .is_some_and(|c| !c.caller_tokens.is_empty())
+    };
+    if presented.is_some() && companies.keys().any(|name| owned_by(name)) {
+        // A known caller of another company.
+        return Err(forbidden());
+    }
+    match (has_tokens(company), presented) {
+        (false, _) => Ok(()),
+        (true, None) => Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "this webhook needs Authorization: Bearer TOKEN",
+        )),
+        (true, Some(_)) => Err(forbidden()),
     }
 }
 
@@ -482,7 +497,7 @@ pub fn config_report(state: &State) -> serde_json::Value {
                 "kind": file.kind,
                 "state": file.state,
                 "errors": file.errors.iter().map(|p| json!({
-                    "line": p.line, "column": p.column, "message": p.message,
+                    "path": p.path.display().to_string(), "line": p.line, "column": p.column, "message": p.message,
                 })).collect::<Vec<_>>(),
             })
         })

@@ -127,6 +127,9 @@ pub struct ExpectedRequest {
     pub body: Option<serde_json::Value>,
 }
 
+/// Secrets shorter than this are not scrubbed from answers (documented in SECURITY.md).
+const MIN_SCRUBBED_SECRET: usize = 3;
+
 /// Headers a file may not set: hyper and hookside own them.
 const RESERVED_HEADERS: [&str; 5] = [
     "host",
@@ -404,6 +407,19 @@ pub fn compile(
         return Err(sink.problems);
     }
     let mut secrets = sink.secrets;
+    // Query secrets travel percent-encoded: an upstream quoting its request URL echoes that.
+    let encoded: Vec<String> = query
+        .iter()
+        .flat_map(|(_, template)| template.secrets())
+        .map(|secret| {
+            let mut out = String::new();
+            crate::render::encode_component(&mut out, &secret.value);
+            out
+        })
+        .collect();
+    secrets.extend(encoded);
+    // Too short to scrub without mangling every answer (an empty basic-auth password).
+    secrets.retain(|secret| secret.len() >= MIN_SCRUBBED_SECRET);
     secrets.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));
     secrets.dedup();
     let definition = definition_json(def, fields, &name, &company, &method, timeout).to_string();

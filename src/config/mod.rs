@@ -144,15 +144,28 @@ pub fn load(
         files.push(report);
     }
 
-    // Names: the file already serving a name keeps it; on a cold start, path order wins.
-    let owners: HashMap<&str, &Path> = previous
-        .map(|p| {
-            p.webhooks
-                .iter()
-                .map(|(name, served)| (name.as_str(), served.webhook.source.as_path()))
-                .collect()
-        })
-        .unwrap_or_default();
+    // Names: a file that held a name on the previous load keeps it while it exists (even
+    // when it fails now: its last good version serves); on a cold start, path order wins.
+    let mut owners: HashMap<&str, &Path> = HashMap::new();
+    if let Some(previous) = previous {
+        for (path, parsed) in &previous.parsed {
+            owners.insert(parsed.name.value.as_str(), path.as_path());
+        }
+        for (name, served) in &previous.webhooks {
+            owners.insert(name.as_str(), served.webhook.source.as_path());
+        }
+    }
+    let parsed_now: HashMap<&Path, &str> = entries
+        .iter()
+        .map(|(index, parsed)| (files[*index].path.as_path(), parsed.name.value.as_str()))
+        .collect();
+    let present: HashSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    // Names held by files that exist but fail to parse now: nobody else may take them.
+    let held: HashMap<&str, &Path> = owners
+        .iter()
+        .filter(|(_, path)| present.contains(*path) && !parsed_now.contains_key(*path))
+        .map(|(name, path)| (*name, *path))
+        .collect();
     let mut by_name: HashMap<String, usize> = HashMap::with_capacity(entries.len());
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| {
@@ -161,55 +174,89 @@ pub fn load(
         (!owns, i)
     });
     let mut claimed = vec![true; entries.len()];
+    let mut rejections = Vec::new();
     for i in order {
         let (index, parsed) = &entries[i];
-        match by_name.get(&parsed.name.value) {
+        let name = parsed.name.value.as_str();
+        let holder = held
+            .get(name)
+            .filter(|path| **path != files[*index].path.as_path())
+            .map(|path| path.display().to_string());
+        let winner = by_name
+            .get(name)
+            .map(|&winner| files[entries[winner].0].path.display().to_string());
+        match holder.or(winner) {
             None => {
-                by_name.insert(parsed.name.value.clone(), i);
+                by_name.insert(name.to_owned(), i);
             }
-            Some(&winner) => {
+            Some(other) => {
                 claimed[i] = false;
-                let other = files[entries[winner].0].path.display().to_string();
-                let problem = parsed.name.problem(format!(
-                    "name {:?} is already used by {other}",
-                    parsed.name.value
+                rejections.push((
+                    *index,
+                    parsed
+                        .name
+                        .problem(format!("name {name:?} is already used by {other}")),
                 ));
-                files[*index].errors.push(problem);
             }
         }
+    }
+    for (index, problem) in rejections {
+        files[index].errors.push(problem);
     }
 
     let mut loaded = Loaded::default();
     for (i, (index, parsed)) in entries.iter().enumerate() {
-        if !claimed[i] || parsed.kind != Kind::Webhook {
+        if !claimed[i] {
             continue;
         }
         let path = &files[*index].path;
-        let outcome = chain(i, &entries, &by_name).and_then(|(chain, revision)| {
-            let reusable = previous
-                .and_then(|p| p.webhooks.get(&parsed.name.value))
-                .filter(|old| {
-                    old.state == FileState::Ok
-                        && old.webhook.revision_hash == revision
-                        && old.webhook.source == *path
-                        && old.webhook.secrets_unchanged()
-                })
-                .map(|old| Arc::clone(&old.webhook));
-            if let Some(webhook) = reusable {
-                return Ok(webhook);
+        if parsed.kind == Kind::Template {
+            // A template's own `extends` problems are its file's, used or not.
+            if let Err(problems) = chain(i, &entries, &by_name) {
+                files[*index].errors.extend(problems);
             }
-            let def = match &parsed.def {
-                Some(def) => Arc::clone(def),
-                None => Arc::new(parse_file(path)?),
-            };
-            let mut fields = def.fields.clone();
-            for &parent in &chain {
-                if let Some(parent) = &entries[parent].1.def {
-                    fields = fields.inherit(&parent.fields);
+            continue;
+        }
+        let outcome = chain(i, &entries, &by_name)
+            .map_err(|problems| {
+                // A problem deeper in the chain is the template's; this file only learns
+                // that what it extends does not load.
+                if problems.iter().all(|p| p.path == *path) {
+                    return problems;
                 }
-            }
-            compile::compile(&def, &fields, revision, settings, upstream).map(Arc::new)
-        });
+                let Some(extends) = &parsed.extends else {
+                    return problems;
+                };
+                vec![extends.problem(format!(
+                    "extends: template {:?} does not load; see its file",
+                    extends.value
+                ))]
+            })
+            .and_then(|(chain, revision)| {
+                let reusable = previous
+                    .and_then(|p| p.webhooks.get(&parsed.name.value))
+                    .filter(|old| {
+                        old.state == FileState::Ok
+                            && old.webhook.revision_hash == revision
+                            && old.webhook.source == *path
+                            && old.webhook.secrets_unchanged()
+                    })
+                    .map(|old| Arc::clone(&old.webhook));
+                if let Some(webhook) = reusable {
+                    return Ok(webhook);
+                }
+                let def = match &parsed.def {
+                    Some(def) => Arc::clone(def),
+                    None => Arc::new(parse_file(path)?),
+                };
+                let mut fields = def.fields.clone();
+                for &parent in &chain {
+                    if let Some(parent) = &entries[parent].1.def {
+                        fields = fields.inherit(&parent.fields);
+                    }
+                }
+                compile::compile(&def, &fields, revision, settings, upstream).map(Arc::new)
+            });
         match outcome {
             Ok(webhook) => {
                 loaded.webhooks.insert(

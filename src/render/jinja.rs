@@ -125,8 +125,11 @@ fn format_value(
             &text
         }
     };
+    // In URLs nothing a Jinja template prints is trusted, not even a "safe" string: `tojson`
+    // and `safe` would otherwise let conversation data through unencoded. (Plain lookups of
+    // `context` are trusted; they do not come here.)
     let mut encoded = String::new();
-    super::escape_into(&mut encoded, text, mode, value.is_safe());
+    super::escape_into(&mut encoded, text, mode, false);
     out.write_str(&encoded)
         .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed"))
 }

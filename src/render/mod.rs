@@ -664,6 +664,24 @@ l = "plain"
     }
 
     #[test]
+    fn safe_strings_are_encoded_in_urls_too() {
+        let fixed = fixed();
+        let url = UrlTemplate::compile(
+            "https://api.example/{{ id | tojson }}/{{ id | safe }}/{{ context.region ~ '/x' }}",
+            &fixed,
+        )
+        .expect("compiles");
+        let conversation = json!({"id": "x/../../admin"});
+        let rendered = url
+            .render(&Scope::new(&fixed, &conversation), "")
+            .expect("renders");
+        assert_eq!(
+            rendered,
+            "https://api.example/%22x%2F..%2F..%2Fadmin%22/x%2F..%2F..%2Fadmin/eu%2Fx"
+        );
+    }
+
+    #[test]
     fn origin_may_use_only_context() {
         let err = UrlTemplate::compile("https://{{ host }}/x", &fixed()).unwrap_err();
         assert!(err.contains("only context"), "{err}");

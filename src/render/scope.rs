@@ -12,8 +12,8 @@ use minijinja::value::{Enumerator, Object, ObjectRepr};
 use serde_json::{Value as Json, json};
 
 /// A webhook's data that never changes: Context Values and `{ name, company }`, as JSON
-/// for lookups and as template values for minijinja (context values marked safe: they are
-/// the file's own, so URL templates print them as written).
+/// for lookups (a plain `{{ context.x }}` in a URL prints as written: the file's own) and
+/// as template values for minijinja (where, in URLs, every printed value is encoded).
 ///
 /// The template values are built on first use: most webhooks use only plain lookups and
 /// never need them (each costs about a kilobyte).
@@ -64,17 +64,12 @@ impl Fixed {
         }
     }
 
-    /// `context` (values marked safe) and `webhook` as template values.
+    /// `context` and `webhook` as template values.
     fn values(&self) -> &(Value, Value) {
         self.values.get_or_init(|| {
             let context = self.context.as_object().map_or_else(BTreeMap::new, |map| {
                 map.iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            Value::from_safe_string(v.as_str().unwrap_or_default().to_owned()),
-                        )
-                    })
+                    .map(|(k, v)| (k.clone(), Value::from(v.as_str().unwrap_or_default())))
                     .collect()
             });
             (Value::from(context), super::value_of(&self.identity))

@@ -520,8 +520,18 @@ async fn callers_need_their_companys_token() {
     };
     assert_eq!(
         listing(OTHER_TOKEN).await,
-        ["globex", "open"],
-        "a caller sees its own company's webhooks"
+        ["globex"],
+        "a caller with a token sees only its own company's webhooks"
+    );
+    let (status, _) = post(url("open"), Some(OTHER_TOKEN)).await;
+    assert_eq!(
+        status, 403,
+        "nor calls another company's, even one without tokens"
+    );
+    let (status, _) = post(url("open"), Some("no-such-token")).await;
+    assert_eq!(
+        status, 200,
+        "an unknown token is no company's: the open webhook answers"
     );
     let (status, _, _) = send(
         http::Method::GET,

@@ -377,3 +377,22 @@ fn the_committed_schema_is_current() {
         "regenerate with: cargo run -- schema > hookside.schema.json"
     );
 }
+
+#[test]
+fn a_template_with_a_bad_extends_is_reported_even_unused() {
+    let dir = Dir::new();
+    dir.file(
+        "t.toml",
+        "kind = \"template\"\nname = \"t\"\nextends = \"nowhere\"\n",
+    );
+    let output = hookside(
+        &["check", "--dir", dir.path().to_str().expect("utf-8")],
+        &[],
+    );
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("t.toml:3:11: extends: no template named \"nowhere\""),
+        "{out}"
+    );
+}

@@ -186,7 +186,12 @@ async fn extends_cycles_and_unknown_templates_are_errors_of_the_extending_file()
             })
             .unwrap_or_default()
     };
-    assert!(message("w").contains("cycle"), "{config}");
+    assert!(message("a").contains("cycle"), "{config}");
+    assert!(message("b").contains("cycle"), "{config}");
+    assert!(
+        message("w").contains("template \"a\" does not load"),
+        "{config}"
+    );
     assert!(
         message("u").contains("no template named \"nowhere\""),
         "{config}"

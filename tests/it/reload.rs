@@ -409,3 +409,51 @@ async fn reads_and_traffic_do_not_trigger_reloads() {
     let after = revision(hookside.admin_get("/-/config").await.1);
     assert_eq!(before, after, "no reload happened without a change");
 }
+
+#[tokio::test]
+async fn a_broken_file_keeps_its_name_against_a_newcomer() {
+    let upstream = echo().await;
+    let dir = Dir::new();
+    dir.file(
+        "z-first.toml",
+        &format!("name = \"w\"\n{}", versioned(&upstream, "1")),
+    );
+    let hookside = watching(&dir).await;
+    dir.file(
+        "a-second.toml",
+        &format!("name = \"w\"\n{}", versioned(&upstream, "2")),
+    );
+    let rejected = eventually(SOON, || async {
+        let (_, config) = hookside.admin_get("/-/config").await;
+        config.to_string().contains("already used by")
+    })
+    .await;
+    assert!(rejected);
+    // The owner breaks: the newcomer still may not take the name; the last good version serves.
+    dir.file("z-first.toml", "name = \"w\"\ncompany = ");
+    let stale = eventually(SOON, || async { state_of(&hookside, "w").await == "stale" }).await;
+    assert!(stale, "the owner's last good version serves");
+    assert_eq!(path_of(&hookside, "w").await, "/v1");
+    let (_, config) = hookside.admin_get("/-/config").await;
+    let second = config["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("a-second.toml"))
+        })
+        .expect("listed")
+        .clone();
+    assert!(
+        second["errors"].to_string().contains("already used by"),
+        "{second}"
+    );
+    // The owner is deleted: now the name is free.
+    std::fs::remove_file(dir.path().join("z-first.toml")).expect("rm");
+    assert!(
+        serves(&hookside, "w", "/v2").await,
+        "the name passes on once its file is gone"
+    );
+}
