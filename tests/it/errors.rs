@@ -236,3 +236,13 @@ async fn a_destination_in_a_denied_network_is_refused_after_resolving() {
         "destination_denied",
     );
 }
+
+#[tokio::test]
+async fn routes_match_exactly() {
+    let dir = Dir::new();
+    let hookside = Hookside::start(dir.path()).await;
+    assert_error(&hookside.get("/v1/webhooksXYZ").await, 404, "not_found");
+    assert_error(&hookside.get("/v2/webhooks").await, 404, "not_found");
+    assert_eq!(hookside.get("/v1/webhooks").await.0, 200);
+    assert_eq!(hookside.get("/v1/webhooks/").await.0, 200);
+}

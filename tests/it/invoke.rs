@@ -322,3 +322,62 @@ async fn an_upstream_echoing_a_secret_has_it_replaced() {
     assert_eq!(answer["variables"]["leak"], "Bearer ***");
     assert_eq!(answer["response"]["key"], "***");
 }
+
+#[tokio::test]
+async fn escaped_echoes_and_encoded_query_secrets_are_scrubbed_and_empty_passwords_harmless() {
+    // The upstream echoes the token with `/` escaped (PHP's json_encode does) and quotes its
+    // request URL, where the query secret travels percent-encoded.
+    let upstream = Upstream::start(|seen| {
+        let auth = seen
+            .header("authorization")
+            .unwrap_or_default()
+            .replace('/', "\\/");
+        let body = format!(r#"{{"auth": "{auth}", "url": "{}"}}"#, seen.target);
+        Reply::raw(200, body)
+    })
+    .await;
+    let dir = Dir::new();
+    dir.file("token", "tok/en+secret");
+    dir.file("key", "key with/space&more");
+    dir.file(
+        "w.toml",
+        &webhook(
+            &upstream,
+            "[auth]\ntype = \"bearer\"\ntoken = \"${file:token}\"\n[query]\nk = \"${file:key}\"\n",
+        ),
+    );
+    dir.file(
+        "empty.toml",
+        &webhook(
+            &upstream,
+            "[auth]\ntype = \"basic\"\nusername = \"sk_live_user\"\npassword = \"\"\n",
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("w", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let text = answer.to_string();
+    assert!(
+        !text.contains("tok/en+secret") && !text.contains("tok\\/en"),
+        "{text}"
+    );
+    assert_eq!(answer["response"]["auth"], "Bearer ***");
+    assert!(!text.contains("key%20with%2Fspace%26more"), "{text}");
+    assert!(
+        answer["response"]["url"]
+            .as_str()
+            .expect("url")
+            .ends_with("k=***"),
+        "{answer}"
+    );
+    // An empty password is no secret to scrub: answers stay readable.
+    let (status, answer) = hookside.invoke("empty", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["response"]["url"]
+            .as_str()
+            .expect("url")
+            .starts_with("/api/"),
+        "{answer}"
+    );
+}
