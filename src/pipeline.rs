@@ -271,7 +271,7 @@ pub async fn call_and_map(
     max_response_body: usize,
     lenient_json: bool,
 ) -> Result<Invocation, ApiError> {
-    if let Some(message) = upstream.literal_denied(&webhook.url.host) {
+    if let Some(message) = upstream.literal_denied(webhook.url.host_ip) {
         return Err(ApiError::new(ErrorKind::DestinationDenied, message).for_webhook(&webhook.name));
     }
     let answer = upstream

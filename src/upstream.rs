@@ -182,8 +182,8 @@ impl Upstream {
     }
 
     /// Whether a literal IP host is denied (names are checked when they resolve).
-    pub fn literal_denied(&self, host: &str) -> Option<String> {
-        let address: IpAddr = host.parse().ok()?;
+    pub fn literal_denied(&self, address: Option<IpAddr>) -> Option<String> {
+        let address = address?;
         denied(&self.deny, address).then(|| format!("{address} is in a denied network"))
     }
 

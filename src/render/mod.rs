@@ -124,6 +124,9 @@ pub struct UrlTemplate {
     pub origin: String,
     /// The host, for the destination policy.
     pub host: String,
+    /// The host as an address, when it is a literal one (parsed once, at load time: such
+    /// a host never goes through the resolver that polices names).
+    pub host_ip: Option<std::net::IpAddr>,
     /// The names the origin read (`context.*`, `webhook.*`).
     origin_names: BTreeSet<String>,
     path: TextTemplate,
@@ -491,6 +494,7 @@ impl UrlTemplate {
         };
         Ok(UrlTemplate {
             host: authority.host().trim_matches(['[', ']']).to_owned(),
+            host_ip: authority.host().trim_matches(['[', ']']).parse().ok(),
             origin_names,
             origin,
             path,
