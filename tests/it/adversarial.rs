@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{Dir, Process, Reply, Upstream, parse, send};
+use crate::util::{Dir, Process, Reply, Upstream, get, parse, send};
 
 const CANARY: &str = "canary-5ecret-c4n4ry";
 const OTHER_TOKEN: &str = "globex-caller-token";
@@ -422,13 +422,7 @@ async fn a_toml_error_next_to_a_secret_does_not_print_it() {
         &format!("company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"basic\"\nusername = \"u\"\npassword = [\"{CANARY}\"]\n"),
     );
     let process = start(&dir, &args);
-    let (_, _, config) = send(
-        http::Method::GET,
-        &format!("http://{}/-/config", process.admin),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (_, _, config) = get(&format!("http://{}/-/config", process.admin)).await;
     let config = parse(&config);
     assert_eq!(config["files"].as_array().expect("files").len(), 2);
     assert!(
@@ -717,13 +711,7 @@ async fn sigterm_lets_in_flight_calls_finish_and_exits_zero() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(&process, "TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, _, _) = send(
-        http::Method::GET,
-        &format!("http://{}/readyz", process.admin),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (status, _, _) = get(&format!("http://{}/readyz", process.admin)).await;
     assert_eq!(status, 503, "not ready while draining");
     assert!(
         TcpStream::connect(bot).is_err(),

@@ -19,6 +19,14 @@ fn hookside(args: &[&str], envs: &[(&str, &str)]) -> Output {
     command.output().expect("run hookside")
 }
 
+/// `hookside check --dir DIR`.
+fn check(dir: &Dir) -> Output {
+    hookside(
+        &["check", "--dir", dir.path().to_str().expect("utf-8")],
+        &[],
+    )
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -123,10 +131,7 @@ fn check_passes_the_shipped_samples_and_each_has_an_example() {
     // A clean directory: exit 0 and one summary line.
     let dir = Dir::new();
     dir.file("w.toml", "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n");
-    let output = hookside(
-        &["check", "--dir", dir.path().to_str().expect("utf-8")],
-        &[],
-    );
+    let output = check(&dir);
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         text(&output).trim(),
@@ -143,10 +148,7 @@ fn check_never_prints_a_secret() {
         "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${file:canary}\"\n[headers]\nX = \"${file:canary}\"\n[[examples]]\nresponse = '{}'\n[examples.request]\nheaders = { authorization = \"Bearer canary-7f3a9c\" }\n",
     );
     dir.file("bad.toml", "password = \"${file:canary}\"\n[auth\n");
-    let output = hookside(
-        &["check", "--dir", dir.path().to_str().expect("utf-8")],
-        &[],
-    );
+    let output = check(&dir);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(
@@ -385,10 +387,7 @@ fn a_template_with_a_bad_extends_is_reported_even_unused() {
         "t.toml",
         "kind = \"template\"\nname = \"t\"\nextends = \"nowhere\"\n",
     );
-    let output = hookside(
-        &["check", "--dir", dir.path().to_str().expect("utf-8")],
-        &[],
-    );
+    let output = check(&dir);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::util::{Dir, Hookside, Process, Reply, Upstream, send};
+use crate::util::{Dir, Hookside, Process, Reply, Upstream, get, send};
 
 #[tokio::test]
 async fn a_missing_secret_fails_only_its_file() {
@@ -78,13 +78,7 @@ async fn secrets_from_env_reach_only_the_upstream() {
     )
     .await;
     assert_eq!(status, 404, "a file with a missing secret is not served");
-    let (_, _, config) = send(
-        http::Method::GET,
-        &format!("http://{}/-/config", process.admin),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (_, _, config) = get(&format!("http://{}/-/config", process.admin)).await;
     let config = String::from_utf8_lossy(&config).into_owned();
     assert!(config.contains("HOOKSIDE_IT_SURELY_UNSET"), "{config}");
     assert!(

@@ -5,19 +5,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{Dir, Hookside, Reply, Upstream, send};
+use crate::util::{Dir, Hookside, Reply, Upstream, get, send};
 
 /// Every sample of `/metrics`: (name, labels) -> value.
 type Samples = Vec<(String, BTreeMap<String, String>, f64)>;
 
 async fn scrape(hookside: &Hookside) -> (String, Samples) {
-    let (status, headers, body) = send(
-        http::Method::GET,
-        &format!("http://{}/metrics", hookside.admin),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (status, headers, body) = get(&format!("http://{}/metrics", hookside.admin)).await;
     assert_eq!(status, 200);
     assert!(
         headers["content-type"]

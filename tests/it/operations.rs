@@ -7,7 +7,7 @@ use std::path::Path;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::util::{Dir, Process, send};
+use crate::util::{Dir, Process, get};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,13 +50,7 @@ async fn exported() -> BTreeSet<String> {
         "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n",
     );
     let process = Process::serve(dir.path(), &[], &[]);
-    let (_, _, body) = send(
-        http::Method::GET,
-        &format!("http://{}/metrics", process.admin),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (_, _, body) = get(&format!("http://{}/metrics", process.admin)).await;
     let text = String::from_utf8(body.to_vec()).expect("utf-8");
     text.lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
@@ -101,17 +95,16 @@ async fn the_dashboard_and_the_rules_name_only_exported_metrics() {
             exprs.push(rule["expr"].as_str().expect("expr").to_owned());
         }
     }
-    let recorded: BTreeSet<&str> = rules[0]["groups"]
+    let recorded: BTreeSet<String> = rules[0]["groups"]
         .as_vec()
         .expect("groups")
         .iter()
         .flat_map(|g| g["rules"].as_vec().cloned().unwrap_or_default())
         .filter_map(|r| r["record"].as_str().map(str::to_owned))
-        .map(|s| &*s.leak())
         .collect();
     for expr in &exprs {
         let names = metric_names(expr);
-        let uses_recorded = recorded.iter().any(|r| expr.contains(r));
+        let uses_recorded = recorded.iter().any(|r| expr.contains(r.as_str()));
         assert!(
             !names.is_empty() || uses_recorded,
             "no hookside metric in {expr}"
@@ -239,13 +232,7 @@ async fn the_kubernetes_manifests_match_the_binary() {
         &[],
     );
     for path in ["/readyz", "/healthz", "/metrics"] {
-        let (status, _, _) = send(
-            http::Method::GET,
-            &format!("http://{}{path}", process.admin),
-            &[],
-            Vec::new(),
-        )
-        .await;
+        let (status, _, _) = get(&format!("http://{}{path}", process.admin)).await;
         assert_eq!(status, 200, "{path}");
     }
 

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use crate::util::{Dir, Process, parse, send};
+use crate::util::{Dir, Process, get, parse, send};
 
 /// Copies `from` into `to`, replacing the sample upstream's address.
 fn copy_tree(from: &Path, to: &Path, address: &str) {
@@ -70,13 +70,7 @@ async fn every_sample_webhook_answers_against_the_example_upstream() {
         &[],
         &[("HOOKSIDE_DEMO_CRM_PASSWORD", "crm-demo-password")],
     );
-    let (_, _, listing) = send(
-        http::Method::GET,
-        &format!("http://{}/v1/webhooks", process.bot),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (_, _, listing) = get(&format!("http://{}/v1/webhooks", process.bot)).await;
     let listing = parse(&listing);
     let names: Vec<String> = listing["webhooks"]
         .as_array()

@@ -369,6 +369,11 @@ pub async fn send(
     (parts.status, parts.headers, body)
 }
 
+/// GETs `url` over a fresh connection.
+pub async fn get(url: &str) -> (StatusCode, HeaderMap, Bytes) {
+    send(Method::GET, url, &[], Vec::new()).await
+}
+
 /// Parses a JSON body (or `null` for an empty one).
 pub fn parse(body: &[u8]) -> Value {
     if body.is_empty() {
