@@ -9,6 +9,8 @@
 use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
 use serde::Serialize;
 
+use crate::render::lookup::{Lookup, Step};
+use crate::render::select::{Phase, Reads};
 use crate::render::{Scope, ValueExpr};
 
 /// One compiled Custom Variable.
@@ -24,7 +26,10 @@ pub struct Variable {
 #[derive(Debug)]
 enum VariableKind {
     Jinja(ValueExpr),
-    JsonPath { query: JpQuery, singular: bool },
+    JsonPath(JpQuery),
+    /// A JSONPath of names and indices only (`$.order.items[0].sku`): followed on the
+    /// JSON directly, like a plain lookup, with the same answer as the JSONPath engine.
+    PlainPath(Lookup),
 }
 
 /// The outcome of one variable, with why it found nothing.
@@ -48,13 +53,23 @@ impl Variable {
         let kind = if trimmed.starts_with('$') {
             let query = jsonpath_rust::parser::parse_json_path(trimmed)
                 .map_err(|err| format!("invalid JSONPath: {err}"))?;
-            let singular = query.segments.iter().all(|segment| {
-                matches!(
-                    segment,
-                    Segment::Selector(Selector::Name(_) | Selector::Index(_))
-                )
-            });
-            VariableKind::JsonPath { query, singular }
+            let steps: Option<Vec<Step>> = query
+                .segments
+                .iter()
+                .map(|segment| match segment {
+                    Segment::Selector(Selector::Name(name)) => Some(Step::Key(name.clone())),
+                    Segment::Selector(Selector::Index(index)) => Some(Step::Index(*index)),
+                    _ => None,
+                })
+                .collect();
+            match steps {
+                Some(steps) => VariableKind::PlainPath(Lookup {
+                    root: "response".to_owned(),
+                    steps,
+                    default: None,
+                }),
+                None => VariableKind::JsonPath(query),
+            }
         } else {
             VariableKind::Jinja(
                 ValueExpr::compile(trimmed).map_err(|err| format!("invalid expression: {err}"))?,
@@ -69,14 +84,26 @@ impl Variable {
 
     /// Whether this is a JSONPath.
     pub fn is_json_path(&self) -> bool {
-        matches!(self.kind, VariableKind::JsonPath { .. })
+        matches!(
+            self.kind,
+            VariableKind::JsonPath(_) | VariableKind::PlainPath(_)
+        )
     }
 
     /// The names a Jinja expression reads (empty for JSONPath).
     pub fn names(&self) -> std::collections::BTreeSet<String> {
         match &self.kind {
             VariableKind::Jinja(expression) => expression.names(),
-            VariableKind::JsonPath { .. } => Default::default(),
+            VariableKind::JsonPath(_) | VariableKind::PlainPath(_) => Default::default(),
+        }
+    }
+
+    /// Notes what it reads of the conversation and the response.
+    pub fn note_reads(&self, reads: &mut Reads) {
+        match &self.kind {
+            VariableKind::Jinja(expression) => expression.note_reads(reads, Phase::Mapping),
+            VariableKind::JsonPath(_) => reads.response = crate::render::select::Selection::all(),
+            VariableKind::PlainPath(lookup) => reads.lookup(lookup, Phase::Mapping),
         }
     }
 
@@ -84,15 +111,17 @@ impl Variable {
     /// `response`, `status`, `headers` and the request data).
     pub fn evaluate(&self, response: &serde_json::Value, scope: &Scope<'_>) -> Outcome {
         let (value, missing) = match &self.kind {
-            VariableKind::JsonPath { query, singular } => {
+            VariableKind::PlainPath(lookup) => {
+                match lookup.follow(Some(std::borrow::Cow::Borrowed(response))) {
+                    Some(found) => (found.into_owned(), None),
+                    None => (
+                        serde_json::Value::Null,
+                        Some("no match in the response".to_owned()),
+                    ),
+                }
+            }
+            VariableKind::JsonPath(query) => {
                 match jsonpath_rust::query::js_path_process(query, response) {
-                    Ok(found) if *singular => match found.into_iter().next() {
-                        Some(hit) => (hit.val.clone(), None),
-                        None => (
-                            serde_json::Value::Null,
-                            Some("no match in the response".to_owned()),
-                        ),
-                    },
                     Ok(found) if found.is_empty() => (
                         serde_json::Value::Null,
                         Some("no match in the response".to_owned()),
@@ -164,6 +193,42 @@ mod tests {
         assert_eq!(run("$.a.b[1].n", response.clone()).value, json!(7));
         assert_eq!(run("$.a.b[?@.n > 3].n", response.clone()).value, json!([7]));
         assert_eq!(run("status", response.clone()).value, json!(200));
+    }
+
+    #[test]
+    fn plain_paths_answer_as_the_jsonpath_engine_does() {
+        let response = json!({"a": {"b": [{"n": 2.5}, {"n": 7}], "s p": "x"}, "c": null});
+        for path in [
+            "$",
+            "$.a",
+            "$.a.b[1].n",
+            "$.a.b[-1]",
+            "$.a.b[-3]",
+            "$.a.b[5]",
+            "$['a']['s p']",
+            "$.a.nope",
+            "$.c",
+            "$.c.d",
+            "$.a.b.n",
+            "$.a[0]",
+        ] {
+            let variable = Variable::compile("v", path).expect("compiles");
+            assert!(
+                matches!(variable.kind, VariableKind::PlainPath(_)),
+                "{path}"
+            );
+            let query = jsonpath_rust::parser::parse_json_path(path).expect("parses");
+            let engine = jsonpath_rust::query::js_path_process(&query, &response)
+                .expect("runs")
+                .first()
+                .map(|hit| hit.val.clone());
+            let plain = run(path, response.clone());
+            assert_eq!(
+                (plain.missing.is_none(), plain.value),
+                (engine.is_some(), engine.unwrap_or_default()),
+                "{path}"
+            );
+        }
     }
 
     #[test]

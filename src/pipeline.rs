@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::{Body, Webhook};
 use crate::error::{ApiError, ErrorKind};
 use crate::mapping::Outcome;
+use crate::render::select::Selection;
 use crate::render::{self, Answer, Scope};
 use crate::upstream::Upstream;
 
@@ -53,7 +54,8 @@ pub struct Invocation {
     pub variables: serde_json::Map<String, serde_json::Value>,
     /// Variables whose expression found nothing.
     pub missing: Vec<String>,
-    /// The upstream's body as JSON (`null` when empty).
+    /// The upstream's body as JSON (`null` when empty). When `raw_response` is set, only
+    /// the parts the variables read are here (the answer embeds `raw_response`).
     pub response: serde_json::Value,
     /// The upstream's body as it came, when it is JSON and holds no secret: the bot's
     /// answer embeds it as is instead of serializing `response` again.
@@ -207,12 +209,15 @@ fn append_pair(out: &mut String, key: &str, value: &str) {
     render::encode_component(out, value);
 }
 
-/// Phase 4: the upstream body as JSON; an empty body is `null`.
-pub fn parse_response(body: &[u8]) -> Result<serde_json::Value, String> {
+/// Phase 4: the upstream body as JSON (all of it validated, the `selection` kept); an
+/// empty body is `null`.
+pub fn parse_response(body: &[u8], selection: &Selection) -> Result<serde_json::Value, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Value::Null);
     }
-    serde_json::from_slice(body).map_err(|err| format!("the response is not valid JSON: {err}"))
+    let invalid = |err: &dyn std::fmt::Display| format!("the response is not valid JSON: {err}");
+    let text = std::str::from_utf8(body).map_err(|err| invalid(&err))?;
+    selection.parse(text).map_err(|err| invalid(&err))
 }
 
 /// Phase 5: every Custom Variable over the response.
@@ -280,7 +285,16 @@ pub async fn call_and_map(
         .map_err(|err| ApiError::from(err).for_webhook(&webhook.name))?;
     let status = answer.status.as_u16();
     let mut warnings = Vec::new();
-    let response = match parse_response(&answer.body) {
+    let secret = may_hold_secret(&answer.body, &answer.headers, &webhook.secret_finders);
+    // The bot's answer embeds the body as it came, so only what the variables read is
+    // built; Run Webhook shows the whole body, and scrubbing needs all of it.
+    let whole = Selection::all();
+    let selection = if secret || lenient_json {
+        &whole
+    } else {
+        &webhook.reads.response
+    };
+    let response = match parse_response(&answer.body, selection) {
         Ok(response) => response,
         Err(message) if lenient_json => {
             warnings.push(format!(
@@ -316,7 +330,7 @@ pub async fn call_and_map(
         trace,
         warnings,
     };
-    if may_hold_secret(&answer.body, &answer.headers, &webhook.secret_finders) {
+    if secret {
         scrub_invocation(&mut invocation, &webhook.secrets);
     } else if !invocation.response.is_null() && !lenient_json {
         invocation.raw_response = Some(answer.body);

@@ -25,6 +25,7 @@ use crate::config::{FileState, Served, Webhook};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{Outcome, WebhookMetrics};
 use crate::pipeline;
+use crate::render::select::Selection;
 
 /// Which API a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +174,13 @@ async fn invoke(
     };
     let webhook = Arc::clone(&served.webhook);
     authorize(state, &request, &webhook.company).map_err(|e| e.for_webhook(name))?;
-    let conversation = read_conversation(request, &state.settings)
+    // A bot call builds only what the templates read; Run Webhook keeps it all.
+    let whole = Selection::all();
+    let selection = match test {
+        None => &webhook.reads.conversation,
+        Some(_) => &whole,
+    };
+    let conversation = read_conversation(request, &state.settings, selection)
         .await
         .map_err(|e| e.for_webhook(name))?;
     match test {
@@ -254,10 +261,12 @@ fn unknown(name: &str) -> ApiError {
     .for_webhook(name)
 }
 
-/// Reads the conversation object within the body limit (declared or streamed).
+/// Reads the conversation object within the body limit (declared or streamed), all of it
+/// validated, the `selection` kept.
 async fn read_conversation(
     request: Request<Incoming>,
     settings: &crate::config::Settings,
+    selection: &Selection,
 ) -> Result<serde_json::Value, ApiError> {
     let limit = settings.max_request_body;
     let too_large = || {
@@ -303,16 +312,20 @@ async fn read_conversation(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Value::Object(serde_json::Map::new()));
     }
-    match serde_json::from_slice::<serde_json::Value>(&body) {
+    let not_json = |err: &dyn std::fmt::Display| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!("the body is not valid JSON: {err}"),
+        )
+    };
+    let text = std::str::from_utf8(&body).map_err(|err| not_json(&err))?;
+    match selection.parse(text) {
         Ok(value @ serde_json::Value::Object(_)) => Ok(value),
         Ok(_) => Err(ApiError::new(
             ErrorKind::BadRequest,
             "the body must be a JSON object (the conversation)",
         )),
-        Err(err) => Err(ApiError::new(
-            ErrorKind::BadRequest,
-            format!("the body is not valid JSON: {err}"),
-        )),
+        Err(err) => Err(not_json(&err)),
     }
 }
 

@@ -16,6 +16,7 @@ use super::secret::{self, Piece};
 use super::settings::{Settings, parse_timeout};
 use super::source::{Located, Problem};
 use crate::mapping::Variable;
+use crate::render::select::Reads;
 use crate::render::{Fixed, JsonTemplate, Mode, TextTemplate, UrlTemplate};
 use crate::upstream::{Client, Upstream};
 
@@ -56,6 +57,9 @@ pub struct Webhook {
     pub body: Body,
     /// Custom Variables.
     pub variables: Vec<Variable>,
+    /// What the templates read of the conversation and the response: a bot call parses
+    /// only that (see [`crate::render::select`]).
+    pub reads: Reads,
     /// Offline examples.
     pub examples: Vec<Example>,
     /// The client for this webhook's upstream (its own trust roots when `[tls]` is set).
@@ -75,6 +79,34 @@ pub struct Webhook {
     /// The whole definition as compact JSON text, secrets as `***` (text: a parsed JSON
     /// tree costs several kilobytes per webhook, and only `GET /v1/webhooks/{name}` reads it).
     pub definition: String,
+}
+
+/// What the request templates and the Custom Variables read.
+fn reads_of(
+    url: &UrlTemplate,
+    headers: &[(HeaderName, TextTemplate)],
+    query: &[(String, TextTemplate)],
+    body: &Body,
+    variables: &[Variable],
+) -> Reads {
+    let mut reads = Reads::default();
+    url.note_reads(&mut reads);
+    for template in headers
+        .iter()
+        .map(|(_, t)| t)
+        .chain(query.iter().map(|(_, t)| t))
+    {
+        template.note_reads(&mut reads);
+    }
+    match body {
+        Body::None => {}
+        Body::Json(template) => template.note_reads(&mut reads),
+        Body::Text(template) => template.note_reads(&mut reads),
+    }
+    for variable in variables {
+        variable.note_reads(&mut reads);
+    }
+    reads
 }
 
 /// The `Authorization` header of `[auth]`.
@@ -423,6 +455,7 @@ pub fn compile(
     secrets.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));
     secrets.dedup();
     let definition = definition_json(def, fields, &name, &company, &method, timeout).to_string();
+    let reads = reads_of(&url, &headers, &query, &body, &variables);
     let watched = watched_secrets(fields);
     Ok(Webhook {
         name,
@@ -442,6 +475,7 @@ pub fn compile(
         query,
         body,
         variables,
+        reads,
         examples,
         client,
         secret_finders: secrets

@@ -15,6 +15,7 @@
 pub mod jinja;
 pub mod lookup;
 pub mod scope;
+pub mod select;
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -28,6 +29,7 @@ pub use jinja::CompiledExpression;
 use jinja::OwnedTemplate;
 use lookup::Lookup;
 pub use scope::{Answer, Fixed, Scope};
+use select::{Phase, Reads};
 
 /// Unreserved characters stay; everything else a conversation value holds is encoded.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -201,6 +203,14 @@ impl ValueExpr {
         }
     }
 
+    /// Notes what it reads of the conversation and the response.
+    pub fn note_reads(&self, reads: &mut Reads, phase: Phase) {
+        match self {
+            ValueExpr::Lookup(lookup) => reads.lookup(lookup, phase),
+            ValueExpr::Jinja(_) => reads.jinja(phase),
+        }
+    }
+
     /// The names it reads, dotted.
     pub fn names(&self) -> BTreeSet<String> {
         match self {
@@ -250,6 +260,17 @@ impl TextTemplate {
             }
         }
         names
+    }
+
+    /// Notes what it reads of the conversation (request templates see no response).
+    pub fn note_reads(&self, reads: &mut Reads) {
+        for part in &self.parts {
+            match part {
+                TextPart::Lookup(lookup) => reads.lookup(lookup, Phase::Request),
+                TextPart::Jinja(_) => reads.jinja(Phase::Request),
+                TextPart::Literal(_) | TextPart::Secret(_) => {}
+            }
+        }
     }
 
     /// Renders with `scope`.
@@ -423,6 +444,17 @@ impl JsonTemplate {
         names
     }
 
+    /// Notes what it reads of the conversation.
+    pub fn note_reads(&self, reads: &mut Reads) {
+        match self {
+            JsonTemplate::Literal(_) => {}
+            JsonTemplate::Expression(expression) => expression.note_reads(reads, Phase::Request),
+            JsonTemplate::Text(template) => template.note_reads(reads),
+            JsonTemplate::Array(items) => items.iter().for_each(|i| i.note_reads(reads)),
+            JsonTemplate::Object(entries) => entries.iter().for_each(|(_, v)| v.note_reads(reads)),
+        }
+    }
+
     fn collect_names(&self, names: &mut BTreeSet<String>) {
         match self {
             JsonTemplate::Literal(_) => {}
@@ -520,6 +552,14 @@ impl UrlTemplate {
             url.push_str(extra);
         }
         Ok(url)
+    }
+
+    /// Notes what the path and query read of the conversation (the origin reads none).
+    pub fn note_reads(&self, reads: &mut Reads) {
+        self.path.note_reads(reads);
+        if let Some(query) = &self.query {
+            query.note_reads(reads);
+        }
     }
 
     /// The names the URL reads (origin, path and query).

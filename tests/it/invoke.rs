@@ -381,3 +381,51 @@ async fn escaped_echoes_and_encoded_query_secrets_are_scrubbed_and_empty_passwor
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn plain_lookups_parse_only_what_they_read_yet_validate_everything() {
+    let mut body =
+        br#"{"order": {"status": "shipped", "lines": [{"sku": "A"}]}, "note": "caf"#.to_vec();
+    body.extend_from_slice(b"\xe9\"}");
+    let bad_utf8 = Upstream::fixed(Reply::raw(200, body)).await;
+    let good = Upstream::fixed(Reply::json(
+        200,
+        json!({"order": {"status": "shipped", "lines": [{"sku": "A"}]}, "note": "x"}),
+    ))
+    .await;
+    let dir = Dir::new();
+    let variables = "[headers]\nX-Session = \"{{ sessionId }}\"\n[variables]\nstatus = \"response.order.status\"\nsku = \"$.order.lines[0].sku\"\n";
+    dir.file("good.toml", &webhook(&good, variables));
+    dir.file("bad.toml", &webhook(&bad_utf8, variables));
+    let hookside = Hookside::start(dir.path()).await;
+
+    let conversation =
+        json!({"sessionId": "s-1", "extractedData": {"id": "7"}, "other": [1, {"deep": true}]});
+    let (status, answer) = hookside.invoke("good", conversation.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["variables"],
+        json!({"status": "shipped", "sku": "A"})
+    );
+    // The answer carries the whole response, not only what the variables read.
+    assert_eq!(
+        answer["response"],
+        json!({"order": {"status": "shipped", "lines": [{"sku": "A"}]}, "note": "x"})
+    );
+    assert_eq!(good.only().target, "/api/7");
+    assert_eq!(good.only().header("x-session"), Some("s-1"));
+
+    // Invalid UTF-8 in a string no variable reads.
+    let answer = hookside.invoke("bad", conversation).await;
+    crate::util::assert_error(&answer, 502, "upstream_invalid_response");
+
+    // A conversation broken where no template reads is still refused.
+    let (status, _, body) = crate::util::send(
+        http::Method::POST,
+        &format!("http://{}/v1/webhooks/good", hookside.bot),
+        &[],
+        br#"{"sessionId": "s-1", "other": [1, {"deep": }]}"#.to_vec(),
+    )
+    .await;
+    crate::util::assert_error(&(status, crate::util::parse(&body)), 400, "bad_request");
+}
