@@ -280,7 +280,7 @@ pub async fn call_and_map(
         return Err(ApiError::new(ErrorKind::DestinationDenied, message).for_webhook(&webhook.name));
     }
     let answer = upstream
-        .call(&webhook.client, request, webhook.timeout, max_response_body)
+        .call(&webhook.pool, request, webhook.timeout, max_response_body)
         .await
         .map_err(|err| ApiError::from(err).for_webhook(&webhook.name))?;
     let status = answer.status.as_u16();

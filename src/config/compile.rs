@@ -18,7 +18,7 @@ use super::source::{Located, Problem};
 use crate::mapping::Variable;
 use crate::render::select::Reads;
 use crate::render::{Fixed, JsonTemplate, Mode, TextTemplate, UrlTemplate};
-use crate::upstream::{Client, Upstream};
+use crate::upstream::{Pool, Upstream};
 
 /// A webhook, compiled and ready to serve.
 #[derive(Debug)]
@@ -62,8 +62,9 @@ pub struct Webhook {
     pub reads: Reads,
     /// Offline examples.
     pub examples: Vec<Example>,
-    /// The client for this webhook's upstream (its own trust roots when `[tls]` is set).
-    pub client: Arc<Client>,
+    /// The connections to this webhook's origin (through its own trust roots when `[tls]`
+    /// is set), shared with every webhook of the same origin and roots.
+    pub pool: Arc<Pool>,
     /// Every secret value this webhook holds, to scrub from anything it answers.
     pub secrets: Vec<String>,
     /// The same, as prebuilt substring searchers (a request only searches).
@@ -417,16 +418,16 @@ pub fn compile(
         .filter_map(|example| compile_example(example, &fields.variables, &mut sink.problems))
         .collect();
 
-    let client = match &fields.ca_file {
-        None => upstream.default_client(),
+    let roots = match &fields.ca_file {
+        None => upstream.webpki_roots(),
         Some(ca) => {
             let path = ca.at.base_dir().join(&ca.value);
-            match upstream.client_with_roots(&path) {
-                Ok(client) => client,
+            match upstream.roots_from(&path) {
+                Ok(roots) => roots,
                 Err(message) => {
                     sink.problems
                         .push(ca.problem(format!("tls.ca_file: {message}")));
-                    upstream.default_client()
+                    upstream.webpki_roots()
                 }
             }
         }
@@ -435,9 +436,17 @@ pub fn compile(
     let Some(url) = url else {
         return Err(sink.problems);
     };
-    if !sink.problems.is_empty() {
+    let pool = match upstream.pool(roots, &url.origin) {
+        Ok(pool) => Some(pool),
+        Err(message) => {
+            let at = fields.url.as_ref().map_or(file, |url| &url.at);
+            sink.problems.push(at.problem(format!("url: {message}")));
+            None
+        }
+    };
+    let Some(pool) = pool.filter(|_| sink.problems.is_empty()) else {
         return Err(sink.problems);
-    }
+    };
     let mut secrets = sink.secrets;
     // Query secrets travel percent-encoded: an upstream quoting its request URL echoes that.
     let encoded: Vec<String> = query
@@ -477,7 +486,7 @@ pub fn compile(
         variables,
         reads,
         examples,
-        client,
+        pool,
         secret_finders: secrets
             .iter()
             .map(|secret| memchr::memmem::Finder::new(secret.as_bytes()).into_owned())

@@ -8,6 +8,7 @@ mod files;
 mod invoke;
 mod metrics;
 mod operations;
+mod pool;
 mod properties;
 mod reload;
 mod samples;

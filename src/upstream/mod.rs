@@ -1,44 +1,56 @@
-//! Calling upstreams: one pooled hyper-util client per set of trust roots (webpki roots,
-//! plus a webhook's `[tls] ca_file`), the destination policy on resolved addresses, the
-//! webhook's timeout over the whole exchange, the response size limit while streaming, and
-//! the classification of failures.
+//! Calling upstreams: one connector per set of trust roots (webpki roots, plus a webhook's
+//! `[tls] ca_file`), one connection [`Pool`] per origin and connector, the destination
+//! policy on resolved addresses, the webhook's timeout over the whole exchange, the
+//! response size limit while streaming, and the classification of failures.
 //!
 //! Redirects are not followed (hyper's client never does) and proxy variables are ignored
 //! (no proxy connector is installed).
+
+mod pool;
+
+pub use pool::{Connector, IDLE_TIMEOUT, Pool};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-/// The HTTP client type: TLS (or plain HTTP) over a policy-checking resolver.
-pub type Client =
-    hyper_util::client::legacy::Client<HttpsConnector<HttpConnector<PolicyResolver>>, Full<Bytes>>;
-
-/// The process's upstream clients. Built once; webhooks hold an `Arc` of theirs, so every
-/// invocation of a webhook shares one connection pool.
-#[derive(Debug)]
+/// The process's upstream connectors and pools. Built once; webhooks hold an `Arc` of
+/// their origin's pool, so every invocation to one origin shares its connections, across
+/// webhooks and across reloads.
 pub struct Upstream {
-    default: Arc<Client>,
-    /// Clients with extra roots, by a hash of the PEM content. A mutex: touched only when
-    /// a file with `[tls]` loads, never per request.
-    with_roots: Mutex<HashMap<u64, Arc<Client>>>,
+    default: Connector,
+    /// Connectors with extra roots, by a hash of the PEM content. Mutexes: touched only
+    /// when files load, never per request.
+    with_roots: Mutex<HashMap<u64, Connector>>,
+    /// The pools in use, by trust roots (`None`: webpki only) and origin.
+    pools: Mutex<HashMap<(Option<u64>, String), Weak<Pool>>>,
     deny: Arc<Vec<IpNet>>,
+}
+
+/// Which trust roots a webhook's upstream connections use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roots(Option<u64>);
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("deny", &self.deny)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The upstream's answer, body fully read.
@@ -131,24 +143,20 @@ pub fn denied(deny: &[IpNet], address: IpAddr) -> bool {
 }
 
 impl Upstream {
-    /// Builds the default client (webpki roots) with the destination policy.
+    /// Builds the default connector (webpki roots) with the destination policy.
     pub fn new(deny_networks: Vec<IpNet>) -> Upstream {
         let deny = Arc::new(deny_networks);
         let roots = webpki_roots_store();
         Upstream {
-            default: Arc::new(build_client(roots, &deny)),
+            default: build_connector(roots, &deny),
             with_roots: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
             deny,
         }
     }
 
-    /// The client with webpki roots only.
-    pub fn default_client(&self) -> Arc<Client> {
-        Arc::clone(&self.default)
-    }
-
-    /// A client that also trusts the certificates of the PEM file at `path`.
-    pub fn client_with_roots(&self, path: &Path) -> Result<Arc<Client>, String> {
+    /// Trust roots that add the certificates of the PEM file at `path` to webpki's.
+    pub fn roots_from(&self, path: &Path) -> Result<Roots, String> {
         let pem =
             std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
         let key = {
@@ -157,12 +165,9 @@ impl Upstream {
             pem.hash(&mut hasher);
             hasher.finish()
         };
-        let mut cache = self
-            .with_roots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(client) = cache.get(&key) {
-            return Ok(Arc::clone(client));
+        let mut cache = lock(&self.with_roots);
+        if cache.contains_key(&key) {
+            return Ok(Roots(Some(key)));
         }
         let mut roots = webpki_roots_store();
         let mut added = 0;
@@ -176,9 +181,34 @@ impl Upstream {
         if added == 0 {
             return Err(format!("{} holds no PEM certificate", path.display()));
         }
-        let client = Arc::new(build_client(roots, &self.deny));
-        cache.insert(key, Arc::clone(&client));
-        Ok(client)
+        cache.insert(key, build_connector(roots, &self.deny));
+        Ok(Roots(Some(key)))
+    }
+
+    /// Webpki's trust roots only.
+    pub fn webpki_roots(&self) -> Roots {
+        Roots(None)
+    }
+
+    /// The pool of `origin` (`scheme://host[:port]`) through `roots`: the one in use when
+    /// there is one (another webhook's, or the previous load's), else a new one.
+    pub fn pool(&self, roots: Roots, origin: &str) -> Result<Arc<Pool>, String> {
+        let mut pools = lock(&self.pools);
+        let key = (roots.0, origin.to_owned());
+        if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
+            return Ok(pool);
+        }
+        let connector = match roots.0 {
+            None => self.default.clone(),
+            Some(hash) => lock(&self.with_roots)
+                .get(&hash)
+                .cloned()
+                .ok_or("the trust roots were not loaded")?,
+        };
+        let pool = Arc::new(Pool::new(connector, origin)?);
+        pools.retain(|_, pool| pool.strong_count() > 0);
+        pools.insert(key, Arc::downgrade(&pool));
+        Ok(pool)
     }
 
     /// Whether a literal IP host is denied (names are checked when they resolve).
@@ -187,17 +217,17 @@ impl Upstream {
         denied(&self.deny, address).then(|| format!("{address} is in a denied network"))
     }
 
-    /// Sends `request` and reads the whole answer within `timeout`, refusing a body over
-    /// `limit` bytes (declared or streamed).
+    /// Sends `request` (its URI absolute, of the pool's origin) and reads the whole answer
+    /// within `timeout`, refusing a body over `limit` bytes (declared or streamed).
     pub async fn call(
         &self,
-        client: &Client,
+        pool: &Pool,
         request: Request<Full<Bytes>>,
         timeout: Duration,
         limit: usize,
     ) -> Result<Answer, CallError> {
         let exchange = async {
-            let response = client.request(request).await.map_err(classify)?;
+            let (response, connection) = pool.send(request).await?;
             let (parts, body) = response.into_parts();
             let declared = parts
                 .headers
@@ -218,6 +248,8 @@ impl Upstream {
                     }
                 })?
                 .to_bytes();
+            // Read to the end: the connection can take the next request.
+            pool.give_back(connection);
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,
@@ -230,13 +262,19 @@ impl Upstream {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn webpki_roots_store() -> rustls::RootCertStore {
     rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     }
 }
 
-fn build_client(roots: rustls::RootCertStore, deny: &Arc<Vec<IpNet>>) -> Client {
+fn build_connector(roots: rustls::RootCertStore, deny: &Arc<Vec<IpNet>>) -> Connector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Invariant: the ring provider supports the default protocol versions.
     #[expect(
@@ -253,15 +291,12 @@ fn build_client(roots: rustls::RootCertStore, deny: &Arc<Vec<IpNet>>) -> Client 
     });
     http.enforce_http(false);
     http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+        .wrap_connector(http)
 }
 
 /// An error and its causes, as one line.
@@ -278,19 +313,21 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// Turns a client error into a call error, finding a policy refusal in its causes.
-fn classify(err: hyper_util::client::legacy::Error) -> CallError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-    let mut chain = Vec::new();
-    while let Some(cause) = source {
-        if let Some(denied) = cause.downcast_ref::<DestinationDenied>() {
-            return CallError::Denied(denied.to_string());
+impl CallError {
+    /// A failure to connect (DNS, TCP, TLS), finding a policy refusal in its causes.
+    fn from_connect(err: &(dyn std::error::Error + 'static)) -> CallError {
+        let mut source = Some(err);
+        while let Some(cause) = source {
+            if let Some(denied) = cause.downcast_ref::<DestinationDenied>() {
+                return CallError::Denied(denied.to_string());
+            }
+            source = cause.source();
         }
-        let text = cause.to_string();
-        if chain.last() != Some(&text) {
-            chain.push(text);
-        }
-        source = cause.source();
+        CallError::Unreachable(chain(err))
     }
-    CallError::Unreachable(chain.join(": "))
+
+    /// A failure of the HTTP exchange before a response head arrived.
+    fn from_hyper(err: &hyper::Error) -> CallError {
+        CallError::Unreachable(chain(err))
+    }
 }

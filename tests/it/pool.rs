@@ -1,0 +1,140 @@
+//! Upstream connections: kept alive and reused, grown to the concurrency, and never used
+//! once the upstream has closed them.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::util::{Dir, Hookside, Reply, Upstream};
+
+fn webhook(host: &str) -> String {
+    format!(
+        "company = \"acme\"\nurl = \"http://{host}/orders/{{{{ orderId }}}}\"\n[variables]\nid = \"response.id\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reused_and_the_pool_grows_to_the_concurrency() {
+    let upstream =
+        Upstream::fixed(Reply::json(200, json!({"id": "x"})).delayed(Duration::from_millis(300)))
+            .await;
+    let dir = Dir::new();
+    dir.file("w.toml", &webhook(&upstream.host()));
+    let hookside = std::sync::Arc::new(Hookside::start(dir.path()).await);
+
+    for _ in 0..3 {
+        let (status, answer) = hookside.invoke("w", json!({"orderId": 1})).await;
+        assert_eq!(
+            (status.as_u16(), &answer["variables"]["id"]),
+            (200, &json!("x"))
+        );
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "sequential calls share one connection"
+    );
+
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let hookside = std::sync::Arc::clone(&hookside);
+            tokio::spawn(async move { hookside.invoke("w", json!({"orderId": i})).await })
+        })
+        .collect();
+    for call in calls {
+        let (status, answer) = call.await.expect("joined");
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(
+        upstream.connections(),
+        8,
+        "eight at once need eight connections"
+    );
+
+    for _ in 0..8 {
+        assert_eq!(hookside.invoke("w", json!({"orderId": 2})).await.0, 200);
+    }
+    assert_eq!(upstream.connections(), 8, "and then they are reused");
+    assert_eq!(upstream.seen().len(), 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closes_each_connection_is_answered_every_time() {
+    let mut reply = Reply::json(200, json!({"id": "y"}));
+    reply.headers.push(("connection".into(), "close".into()));
+    let upstream = Upstream::fixed(reply).await;
+    let dir = Dir::new();
+    dir.file("w.toml", &webhook(&upstream.host()));
+    let hookside = Hookside::start(dir.path()).await;
+    for _ in 0..3 {
+        let (status, answer) = hookside.invoke("w", json!({"orderId": 1})).await;
+        assert_eq!(
+            (status.as_u16(), &answer["variables"]["id"]),
+            (200, &json!("y"))
+        );
+    }
+    assert_eq!(upstream.connections(), 3);
+}
+
+/// An upstream that keeps each connection open for one answer and then, while it is idle,
+/// closes it (as servers with a short keep-alive timeout do).
+async fn closing_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let host = listener.local_addr().expect("addr").to_string();
+    let (accepted, count) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = accepted.send(());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let body = br#"{"id": "z"}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.write_all(body).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (host, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
+    let (host, mut accepted) = closing_upstream().await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &webhook(&host).replace("company", "method = \"GET\"\ncompany"),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    for round in 0..3 {
+        let (status, answer) = hookside.invoke("w", json!({"orderId": round})).await;
+        assert_eq!(
+            (status.as_u16(), &answer["variables"]["id"]),
+            (200, &json!("z")),
+            "round {round}: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut connections = 0;
+    while accepted.try_recv().is_ok() {
+        connections += 1;
+    }
+    assert_eq!(
+        connections, 3,
+        "each call after a close opens a new connection"
+    );
+}
