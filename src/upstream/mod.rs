@@ -37,12 +37,12 @@ pub struct Upstream {
     /// when files load, never per request.
     with_roots: Mutex<HashMap<u64, Connector>>,
     /// The pools in use, by trust roots (`None`: webpki only) and origin.
-    pools: Mutex<HashMap<(Option<u64>, String), Weak<Pool>>>,
+    pools: Mutex<HashMap<(Roots, String), Weak<Pool>>>,
     deny: Arc<Vec<IpNet>>,
 }
 
 /// Which trust roots a webhook's upstream connections use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Roots(Option<u64>);
 
 impl std::fmt::Debug for Upstream {
@@ -194,7 +194,7 @@ impl Upstream {
     /// there is one (another webhook's, or the previous load's), else a new one.
     pub fn pool(&self, roots: Roots, origin: &str) -> Result<Arc<Pool>, String> {
         let mut pools = lock(&self.pools);
-        let key = (roots.0, origin.to_owned());
+        let key = (roots, origin.to_owned());
         if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
             return Ok(pool);
         }
