@@ -76,7 +76,7 @@ pub struct Webhook {
     /// The URL as written.
     pub url_source: String,
     /// This webhook's metric series, fetched once (by the reload that brings it in).
-    pub metrics: std::sync::OnceLock<crate::metrics::WebhookMetrics>,
+    pub metrics: std::sync::OnceLock<Arc<crate::metrics::WebhookMetrics>>,
     /// The whole definition as compact JSON text, secrets as `***` (text: a parsed JSON
     /// tree costs several kilobytes per webhook, and only `GET /v1/webhooks/{name}` reads it).
     pub definition: String,
