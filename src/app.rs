@@ -116,7 +116,9 @@ pub async fn reload(state: &State, reason: &str) {
         Arc::clone(&previous),
     );
     let result = tokio::task::spawn_blocking(move || {
-        config::load(&dir, &settings, &upstream, before.loaded.as_ref())
+        let loaded = config::load(&dir, &settings, &upstream, before.loaded.as_ref());
+        release_freed_memory();
+        loaded
     })
     .await
     .unwrap_or_else(|_| {
@@ -369,5 +371,19 @@ async fn watch_signals(state: Arc<State>, stop: watch::Sender<bool>) {
         let _ = tokio::signal::ctrl_c().await;
         state.draining.store(true, Ordering::SeqCst);
         let _ = stop.send(true);
+    }
+}
+
+/// Hands the memory this thread freed back to the OS. A load frees several times what it
+/// keeps (file texts, parse trees), and mimalloc purges the freed pages of a thread only
+/// when that thread allocates again: a reload thread that then idles would keep them
+/// resident (4.5 MiB with 1,000 webhooks).
+fn release_freed_memory() {
+    #[cfg(feature = "mimalloc")]
+    #[allow(unsafe_code)]
+    // SAFETY: `mi_collect` only walks the allocator's own free lists and may be called from
+    // any thread at any time; it touches no memory of ours.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }

@@ -427,7 +427,10 @@ mod tests {
             r#"hookside_webhook_timeouts_total{company="acme",webhook="w"} 1"#,
             r#"hookside_webhook_in_flight{company="acme",webhook="w"} 1"#,
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
         }
         metrics.forget("w", "acme");
         assert!(!metrics.render().contains("webhook=\"w\""));

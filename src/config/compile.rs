@@ -107,6 +107,8 @@ fn reads_of(
     for variable in variables {
         variable.note_reads(&mut reads);
     }
+    reads.conversation.shrink();
+    reads.response.shrink();
     reads
 }
 
@@ -465,6 +467,7 @@ pub fn compile(
     secrets.dedup();
     let definition = definition_json(def, fields, &name, &company, &method, timeout).to_string();
     let reads = reads_of(&url, &headers, &query, &body, &variables);
+    let fixed = fixed.keeping(reads.context, reads.identity);
     let watched = watched_secrets(fields);
     Ok(Webhook {
         name,

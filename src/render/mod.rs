@@ -130,7 +130,7 @@ pub struct UrlTemplate {
     /// a host never goes through the resolver that polices names).
     pub host_ip: Option<std::net::IpAddr>,
     /// The names the origin read (`context.*`, `webhook.*`).
-    origin_names: BTreeSet<String>,
+    origin_names: Box<[String]>,
     path: TextTemplate,
     query: Option<TextTemplate>,
 }
@@ -527,7 +527,7 @@ impl UrlTemplate {
         Ok(UrlTemplate {
             host: authority.host().trim_matches(['[', ']']).to_owned(),
             host_ip: authority.host().trim_matches(['[', ']']).parse().ok(),
-            origin_names,
+            origin_names: origin_names.into_iter().collect(),
             origin,
             path,
             query,
@@ -564,7 +564,7 @@ impl UrlTemplate {
 
     /// The names the URL reads (origin, path and query).
     pub fn names(&self) -> BTreeSet<String> {
-        let mut names = self.origin_names.clone();
+        let mut names: BTreeSet<String> = self.origin_names.iter().cloned().collect();
         names.extend(self.path.names());
         if let Some(query) = &self.query {
             names.extend(query.names());

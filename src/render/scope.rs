@@ -64,6 +64,16 @@ impl Fixed {
         }
     }
 
+    /// The same without what no template reads at request time (`context` may be read only
+    /// by the URL's origin, rendered at load time): each is a JSON object of over 600 bytes.
+    pub fn keeping(self, context: bool, identity: bool) -> Fixed {
+        Fixed {
+            context: if context { self.context } else { Json::Null },
+            identity: if identity { self.identity } else { Json::Null },
+            values: OnceLock::new(),
+        }
+    }
+
     /// `context` and `webhook` as template values.
     fn values(&self) -> &(Value, Value) {
         self.values.get_or_init(|| {

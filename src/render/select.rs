@@ -39,6 +39,11 @@ pub struct Reads {
     pub conversation: Selection,
     /// Of the upstream's JSON answer.
     pub response: Selection,
+    /// Whether a request or mapping template reads `context` (the URL's origin, rendered
+    /// at load time, does not count).
+    pub context: bool,
+    /// Whether one reads `webhook` (`webhook.name`, `webhook.company`).
+    pub identity: bool,
 }
 
 impl Default for Reads {
@@ -46,6 +51,8 @@ impl Default for Reads {
         Reads {
             conversation: Selection::nothing(),
             response: Selection::nothing(),
+            context: false,
+            identity: false,
         }
     }
 }
@@ -63,7 +70,9 @@ impl Reads {
     /// Notes a plain lookup.
     pub fn lookup(&mut self, lookup: &Lookup, phase: Phase) {
         match (lookup.root.as_str(), phase) {
-            ("context" | "webhook", _) | ("status" | "headers", Phase::Mapping) => {}
+            ("context", _) => self.context = true,
+            ("webhook", _) => self.identity = true,
+            ("status" | "headers", Phase::Mapping) => {}
             ("response", Phase::Mapping) => self.response.add(&lookup.steps),
             (root, _) => self.conversation.add_under(root, &lookup.steps),
         }
@@ -72,6 +81,8 @@ impl Reads {
     /// Notes a Jinja template: it may read anything of the data it sees.
     pub fn jinja(&mut self, phase: Phase) {
         self.conversation = Selection::all();
+        self.context = true;
+        self.identity = true;
         if phase == Phase::Mapping {
             self.response = Selection::all();
         }
@@ -109,6 +120,11 @@ impl Selection {
         }
     }
 
+    /// Frees the spare capacity of the tree (it is built once, then only read).
+    pub fn shrink(&mut self) {
+        self.root.shrink();
+    }
+
     /// Parses `text` (the whole of it, validated as JSON) keeping only the selection.
     pub fn parse(&self, text: &str) -> serde_json::Result<Json> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
@@ -132,6 +148,13 @@ impl Node {
             }
         };
         keys.get_mut(position).map(|(_, node)| node)
+    }
+
+    fn shrink(&mut self) {
+        if let Node::Keys(keys) = self {
+            keys.shrink_to_fit();
+            keys.iter_mut().for_each(|(_, node)| node.shrink());
+        }
     }
 
     fn add(&mut self, steps: &[Step]) {
@@ -312,8 +335,12 @@ mod tests {
                 .expect("parses"),
             json!({"sessionId": "s"})
         );
+        assert!(!reads.context && !reads.identity);
+        let fixed = self::reads(&["context.region", "webhook.name"], Phase::Request);
+        assert!(fixed.context && fixed.identity);
         reads.jinja(Phase::Request);
         assert!(reads.conversation.is_all() && !reads.response.is_all());
+        assert!(reads.context && reads.identity);
         reads.jinja(Phase::Mapping);
         assert!(reads.response.is_all());
     }

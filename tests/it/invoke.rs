@@ -176,6 +176,10 @@ url = "http://{{{{ context.host }}}}:{{{{ context.port }}}}/{{{{ context.version
 host = "127.0.0.1"
 port = {port}
 version = "v2"
+[headers]
+X-Hook = "{{{{ webhook.name }}}}@{{{{ webhook.company }}}}"
+[variables]
+region = "context.version"
 "#
         ),
     );
@@ -196,6 +200,10 @@ version = "v2"
             )
             .await;
         assert_eq!(status, 200, "{value}: {answer}");
+        assert_eq!(
+            answer["variables"]["region"], "v2",
+            "context at mapping time"
+        );
     }
     let seen = upstream.seen();
     assert_eq!(
@@ -210,6 +218,7 @@ version = "v2"
             Some(upstream.host().as_str()),
             "{value}"
         );
+        assert_eq!(request.header("x-hook"), Some("w@acme"), "{value}");
     }
 }
 
