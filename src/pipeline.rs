@@ -61,7 +61,7 @@ pub struct Invocation {
     /// answer embeds it as is instead of serializing `response` again.
     #[serde(skip)]
     pub raw_response: Option<Bytes>,
-    /// Per-variable trace, for Run Webhook.
+    /// Per-variable trace, for Run Webhook (empty for a bot call).
     #[serde(skip)]
     pub trace: Vec<Outcome>,
     /// What Run Webhook warns about.
@@ -310,21 +310,31 @@ pub async fn call_and_map(
             .for_webhook(&webhook.name));
         }
     };
-    let trace = map_variables(webhook, scope, status, &answer.headers, &response);
+    let mut trace = map_variables(webhook, scope, status, &answer.headers, &response);
+    let missing = trace
+        .iter()
+        .filter(|o| o.missing.is_some())
+        .map(|o| o.name.clone())
+        .collect();
+    // Only Run Webhook shows the trace: a bot call moves the values out of it.
+    let variables = if lenient_json {
+        trace
+            .iter()
+            .map(|o| (o.name.clone(), o.value.clone()))
+            .collect()
+    } else {
+        std::mem::take(&mut trace)
+            .into_iter()
+            .map(|o| (o.name, o.value))
+            .collect()
+    };
     let mut invocation = Invocation {
         webhook: webhook.name.clone(),
         status,
         ok: answer.status.is_success(),
         duration_ms: 0.0,
-        variables: trace
-            .iter()
-            .map(|o| (o.name.clone(), o.value.clone()))
-            .collect(),
-        missing: trace
-            .iter()
-            .filter(|o| o.missing.is_some())
-            .map(|o| o.name.clone())
-            .collect(),
+        variables,
+        missing,
         response,
         raw_response: None,
         trace,
