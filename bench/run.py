@@ -30,9 +30,11 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOOKSIDE = os.path.join(ROOT, "target", "release", "hookside")
+# HOOKSIDE_BIN and HOOKSIDE_SYSTEM_ALLOC_BIN measure other builds (say, an earlier commit's).
+HOOKSIDE = os.environ.get("HOOKSIDE_BIN", os.path.join(ROOT, "target", "release", "hookside"))
 # The same build with the system allocator, which valgrind's dhat can count.
-HOOKSIDE_SYSTEM_ALLOC = os.path.join(ROOT, "target", "system-alloc", "release", "hookside")
+HOOKSIDE_SYSTEM_ALLOC = os.environ.get(
+    "HOOKSIDE_SYSTEM_ALLOC_BIN", os.path.join(ROOT, "target", "system-alloc", "release", "hookside"))
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 CONTENDER_CORE = "0"
@@ -177,7 +179,7 @@ class Lab:
         }
         self.pids = {}
         for name, command in commands.items():
-            if only and name not in only:
+            if only is not None and name not in only:
                 continue
             self.pids[name] = self.start(CONTENDER_CORE, command, p[name])
 
@@ -363,7 +365,10 @@ def valgrind_count(tool, name, requests):
         text = f.read()
     shutil.rmtree(work, ignore_errors=True)
     if tool == "callgrind":
-        return int(re.search(r"^summary:\s+(\d+)", text, re.M).group(1))
+        total = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+        if not total or int(total.group(1)) < 1_000_000:
+            raise RuntimeError(f"{name} did not run under callgrind (see {out})")
+        return int(total.group(1))
     report = json.loads(text)
     return sum(pp["tb"] for pp in report["pps"]), sum(pp["tbk"] for pp in report["pps"])
 
