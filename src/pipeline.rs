@@ -97,13 +97,19 @@ pub fn render_request(
             append_pair(&mut shown_query, key, value.shown());
         }
     }
-    let url = webhook
+    let target = webhook
         .url
-        .render(data, &query)
+        .render_target(data, &query)
         .map_err(|e| fail(format!("url: {e}")))?;
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| fail(format!("url: the rendered URL is not valid: {e}")))?;
+    let invalid =
+        |e: &dyn std::fmt::Display| fail(format!("url: the rendered URL is not valid: {e}"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(webhook.url.scheme.clone());
+    parts.authority = Some(webhook.url.authority.clone());
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::from_maybe_shared(Bytes::from(target)).map_err(|e| invalid(&e))?,
+    );
+    let uri = http::Uri::from_parts(parts).map_err(|e| invalid(&e))?;
 
     let mut headers = HeaderMap::with_capacity(webhook.headers.len() + 3);
     let mut shown_headers = Vec::new();
@@ -139,11 +145,17 @@ pub fn render_request(
     let (body, shown_body, content_type) = match &webhook.body {
         Body::None => (Bytes::new(), serde_json::Value::Null, None),
         Body::Json(template) => {
-            let json = template
-                .render(data)
+            let mut bytes = Vec::with_capacity(256);
+            template
+                .write(data, &mut bytes)
                 .map_err(|e| fail(format!("body: {e}")))?;
-            let bytes = serde_json::to_vec(&json).map_err(|e| fail(format!("body: {e}")))?;
-            let shown = if show { json } else { serde_json::Value::Null };
+            let shown = if show {
+                template
+                    .render(data)
+                    .map_err(|e| fail(format!("body: {e}")))?
+            } else {
+                serde_json::Value::Null
+            };
             (Bytes::from(bytes), shown, Some("application/json"))
         }
         Body::Text(template) => {
@@ -180,7 +192,8 @@ pub fn render_request(
                 .render(data, &shown_query)
                 .map_err(|e| fail(format!("url: {e}")))?
         } else {
-            url
+            let target = uri.path_and_query().map_or("/", |p| p.as_str());
+            format!("{}{target}", webhook.url.origin)
         };
         Some(ShownRequest {
             method: webhook.method.to_string(),

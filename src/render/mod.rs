@@ -129,6 +129,10 @@ pub struct UrlTemplate {
     /// The host as an address, when it is a literal one (parsed once, at load time: such
     /// a host never goes through the resolver that polices names).
     pub host_ip: Option<std::net::IpAddr>,
+    /// The origin's scheme and authority, parsed once: a request only adds its target.
+    pub scheme: http::uri::Scheme,
+    /// See `scheme`.
+    pub authority: http::uri::Authority,
     /// The names the origin read (`context.*`, `webhook.*`).
     origin_names: Box<[String]>,
     path: TextTemplate,
@@ -187,17 +191,20 @@ impl ValueExpr {
 
     /// Evaluates; `None` is undefined.
     pub fn eval(&self, scope: &Scope<'_>) -> Result<Option<Json>, String> {
+        self.eval_cow(scope).map(|value| value.map(Cow::into_owned))
+    }
+
+    /// Evaluates without copying what a plain lookup finds; `None` is undefined.
+    pub fn eval_cow<'s>(&'s self, scope: &'s Scope<'_>) -> Result<Option<Cow<'s, Json>>, String> {
         match self {
-            ValueExpr::Lookup(lookup) => Ok(lookup
-                .follow(scope.root(&lookup.root).0)
-                .map(Cow::into_owned)),
+            ValueExpr::Lookup(lookup) => Ok(lookup.follow(scope.root(&lookup.root).0)),
             ValueExpr::Jinja(expression) => {
                 let value = jinja::eval(expression, scope.jinja())?;
                 if value.is_undefined() {
                     return Ok(None);
                 }
                 serde_json::to_value(&value)
-                    .map(Some)
+                    .map(|value| Some(Cow::Owned(value)))
                     .map_err(|err| format!("value is not JSON: {err}"))
             }
         }
@@ -389,10 +396,12 @@ impl JsonTemplate {
                 }
             }
             toml::Value::Table(table) => {
-                let entries = table
+                let mut entries = table
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), JsonTemplate::compile(v)?)))
                     .collect::<Result<Vec<_>, String>>()?;
+                // In the order of a JSON object's keys: `write` matches `render`.
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
                 if entries
                     .iter()
                     .all(|(_, v)| matches!(v, JsonTemplate::Literal(_)))
@@ -435,6 +444,47 @@ impl JsonTemplate {
                     .collect::<Result<_, String>>()?,
             ),
         })
+    }
+
+    /// Renders straight into JSON text: the bytes `serde_json` writes for
+    /// [`JsonTemplate::render`]'s value (keys in the same sorted order), without building
+    /// that value or copying what lookups find.
+    pub fn write(&self, scope: &Scope<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+        fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
+            serde_json::to_writer(out, value).map_err(|err| err.to_string())
+        }
+        match self {
+            JsonTemplate::Literal(value) => json(out, value),
+            JsonTemplate::Expression(expression) => match expression.eval_cow(scope)? {
+                Some(value) => json(out, &*value),
+                None => json(out, &Json::Null),
+            },
+            JsonTemplate::Text(template) => json(out, &template.render(scope)?.value),
+            JsonTemplate::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(scope, out)?;
+                }
+                out.push(b']');
+                Ok(())
+            }
+            JsonTemplate::Object(entries) => {
+                out.push(b'{');
+                for (i, (key, value)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json(out, key)?;
+                    out.push(b':');
+                    value.write(scope, out)?;
+                }
+                out.push(b'}');
+                Ok(())
+            }
+        }
     }
 
     /// The names its templates read, dotted.
@@ -524,7 +574,11 @@ impl UrlTemplate {
             }
             _ => None,
         };
+        let scheme = uri.scheme().cloned().ok_or("url: no scheme")?;
+        let authority_parsed = authority.clone();
         Ok(UrlTemplate {
+            scheme,
+            authority: authority_parsed,
             host: authority.host().trim_matches(['[', ']']).to_owned(),
             host_ip: authority.host().trim_matches(['[', ']']).parse().ok(),
             origin_names: origin_names.into_iter().collect(),
@@ -534,11 +588,18 @@ impl UrlTemplate {
         })
     }
 
-    /// Renders path and query; `extra` parameters (already encoded pairs) are appended.
+    /// Renders the whole URL; `extra` parameters (already encoded pairs) are appended.
     pub fn render(&self, scope: &Scope<'_>, extra: &str) -> Result<String, String> {
-        let mut url = String::with_capacity(self.origin.len() + 64);
-        url.push_str(&self.origin);
-        url.push_str(&self.path.render(scope)?.value);
+        Ok(format!(
+            "{}{}",
+            self.origin,
+            self.render_target(scope, extra)?
+        ))
+    }
+
+    /// Renders the path and query only (`/orders/7?x=1`), as a request line carries them.
+    pub fn render_target(&self, scope: &Scope<'_>, extra: &str) -> Result<String, String> {
+        let mut url = self.path.render(scope)?.value;
         let query = match &self.query {
             Some(template) => template.render(scope)?.value,
             None => String::new(),
@@ -620,6 +681,34 @@ mod tests {
             .render(&Scope::new(&fixed, &conversation))
             .expect("renders")
             .value
+    }
+
+    #[test]
+    fn writing_a_body_gives_the_bytes_of_its_rendered_value() {
+        let body: toml::Value = toml::from_str(
+            r#"zeta = "{{ extractedData.n }}"
+alpha = "{{ extractedData }}"
+"k\"ey" = "{{ missing }}"
+calc = "{{ extractedData.n * 1.5 }}"
+text = "id-{{ sessionId }} \u00e9\n"
+items = ["{{ sessionId }}", 2.5, {b = "{{ reply }}", a = [true, "x"]}]
+plain = {nested = "literal", n = 1}
+"#,
+        )
+        .expect("toml");
+        let template = JsonTemplate::compile(&body).expect("compiles");
+        let fixed = fixed();
+        let conversation = json!({
+            "sessionId": "s\"1", "reply": "a\u{0}b", "extractedData": {"n": 3, "z": [1, {"q": null}]}
+        });
+        let scope = Scope::new(&fixed, &conversation);
+        let mut written = Vec::new();
+        template.write(&scope, &mut written).expect("writes");
+        let rendered = template.render(&scope).expect("renders");
+        assert_eq!(
+            String::from_utf8(written).expect("utf-8"),
+            serde_json::to_string(&rendered).expect("json")
+        );
     }
 
     #[test]
