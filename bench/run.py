@@ -16,6 +16,8 @@ upstream instance on core 0 plays the contender). Rounds interleave the contende
 
 Then, for hookside, nginx and HAProxy: CPU instructions per request (valgrind callgrind,
 repeatable where wall-clock is not) and, for hookside, allocations per invocation (dhat).
+Flags: --instructions-only, --no-instructions, --cpu-split (user and system CPU time per
+request of each proxy under saturation, alone).
 """
 import json
 import os
@@ -274,6 +276,36 @@ def fixed_rate(lab, name, seconds):
     }
 
 
+def cpu_ticks(pid):
+    """(user, system) clock ticks a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_split(seconds):
+    """User and system CPU time per request of each proxy under saturation."""
+    work = tempfile.mkdtemp(prefix="hookside-cpu-")
+    lab = Lab(work)
+    tick = os.sysconf("SC_CLK_TCK")
+    lines = ["CPU time per request under saturation (/proc/PID/stat around one wrk run):", "",
+             "| contender | requests/s | user us | system us |", "| --- | --- | --- | --- |"]
+    try:
+        script = wrk_script(work)
+        for name in ["nginx", "haproxy", "hookside"]:
+            saturation(lab, name, 1, script)
+            before = cpu_ticks(lab.pids[name])
+            result = saturation(lab, name, seconds, script)
+            after = cpu_ticks(lab.pids[name])
+            requests = result["rps"] * seconds
+            user, system = ((a - b) / tick / requests * 1e6 for a, b in zip(after, before))
+            lines.append(f"| {name} | {result['rps']:,.0f} | {user:.1f} | {system:.1f} |")
+    finally:
+        lab.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return "\n".join(lines)
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -398,6 +430,9 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     print(f"hookside bench at commit {commit}, {os.cpu_count()} cores, {rounds} rounds of {seconds} s\n")
+    if "--cpu-split" in sys.argv:
+        print(cpu_split(seconds))
+        return
     if "--instructions-only" not in sys.argv:
         print(report_timing(timing(rounds, seconds)))
         print()
