@@ -192,8 +192,9 @@ pub fn render_request(
                 .render(data, &shown_query)
                 .map_err(|e| fail(format!("url: {e}")))?
         } else {
-            let target = uri.path_and_query().map_or("/", |p| p.as_str());
-            format!("{}{target}", webhook.url.origin)
+            webhook
+                .url
+                .absolute(uri.path_and_query().map_or("/", |p| p.as_str()))
         };
         Some(ShownRequest {
             method: webhook.method.to_string(),

@@ -438,7 +438,7 @@ pub fn compile(
     let Some(url) = url else {
         return Err(sink.problems);
     };
-    let pool = match upstream.pool(roots, &url.origin) {
+    let pool = match upstream.pool(roots, &url.absolute("")) {
         Ok(pool) => Some(pool),
         Err(message) => {
             let at = fields.url.as_ref().map_or(file, |url| &url.at);

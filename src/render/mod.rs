@@ -133,6 +133,8 @@ pub struct UrlTemplate {
     pub scheme: http::uri::Scheme,
     /// See `scheme`.
     pub authority: http::uri::Authority,
+    /// A path the origin's context values carried (`/v1`), or empty.
+    origin_path: String,
     /// The names the origin read (`context.*`, `webhook.*`).
     origin_names: Box<[String]>,
     path: TextTemplate,
@@ -555,6 +557,11 @@ impl UrlTemplate {
             Some("http" | "https") => {}
             _ => return Err(format!("url: scheme must be http or https in {origin:?}")),
         }
+        if origin.contains(['?', '#']) {
+            return Err(format!(
+                "url: the scheme, host and port ({origin:?}) may not hold a query or a fragment"
+            ));
+        }
         let authority = uri.authority().ok_or("url: no host")?;
         if authority.as_str().contains('@') {
             return Err("url: credentials in the URL are not allowed; use [auth]".into());
@@ -576,9 +583,13 @@ impl UrlTemplate {
         };
         let scheme = uri.scheme().cloned().ok_or("url: no scheme")?;
         let authority_parsed = authority.clone();
+        // A context value may carry a path into the origin (`base = "api.example/v1"`):
+        // it prefixes every request's path, as it did when the URL was one string.
+        let origin_path = uri.path().strip_suffix('/').unwrap_or_default().to_owned();
         Ok(UrlTemplate {
             scheme,
             authority: authority_parsed,
+            origin_path,
             host: authority.host().trim_matches(['[', ']']).to_owned(),
             host_ip: authority.host().trim_matches(['[', ']']).parse().ok(),
             origin_names: origin_names.into_iter().collect(),
@@ -590,16 +601,22 @@ impl UrlTemplate {
 
     /// Renders the whole URL; `extra` parameters (already encoded pairs) are appended.
     pub fn render(&self, scope: &Scope<'_>, extra: &str) -> Result<String, String> {
-        Ok(format!(
-            "{}{}",
-            self.origin,
-            self.render_target(scope, extra)?
-        ))
+        Ok(self.absolute(&self.render_target(scope, extra)?))
+    }
+
+    /// `scheme://authority` followed by `target`.
+    pub fn absolute(&self, target: &str) -> String {
+        format!("{}://{}{target}", self.scheme, self.authority)
     }
 
     /// Renders the path and query only (`/orders/7?x=1`), as a request line carries them.
     pub fn render_target(&self, scope: &Scope<'_>, extra: &str) -> Result<String, String> {
-        let mut url = self.path.render(scope)?.value;
+        let path = self.path.render(scope)?.value;
+        let mut url = if self.origin_path.is_empty() {
+            path
+        } else {
+            format!("{}{path}", self.origin_path)
+        };
         let query = match &self.query {
             Some(template) => template.render(scope)?.value,
             None => String::new(),

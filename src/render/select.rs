@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
 
 use super::lookup::{Lookup, Step};
@@ -220,7 +220,7 @@ impl<'de> Visitor<'de> for PickKeys<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
         // No lookup indexes an array under a `Keys` node; its items are only validated.
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element_seed(Skip)?.is_some() {}
         Ok(Json::Array(Vec::new()))
     }
 
@@ -232,12 +232,67 @@ impl<'de> Visitor<'de> for PickKeys<'_> {
                     let value = map.next_value_seed(Pick(node))?;
                     kept.insert(name.clone(), value);
                 }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                None => map.next_value_seed(Skip)?,
             }
         }
         Ok(Json::Object(kept))
+    }
+}
+
+/// Reads a value and keeps nothing, checking it as a full parse does: strings (escapes,
+/// surrogates), numbers (range) and depth. (`IgnoredAny` would let serde_json skip with
+/// looser checks: a lone `\ud800`, `1e400` or 1,000 nested arrays would pass.)
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(KeyOf(&[]))?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
     }
 }
 
@@ -354,11 +409,17 @@ mod tests {
                 .expect("parses"),
             json!({})
         );
+        let deep = format!(r#"{{"a": {}1{}}}"#, "[".repeat(200), "]".repeat(200));
         for bad in [
             r#"{"a": [1, {"b": "c"]}"#,
             r#"{"a": "\x"}"#,
             r#"{"a": 1} trailing"#,
             r#"{"a": 01}"#,
+            r#"{"a": "\ud800"}"#,
+            r#"{"a": ["\udc00x"]}"#,
+            r#"{"a": 1e400}"#,
+            r#"{"a": {"\ud800": 1}}"#,
+            &deep,
         ] {
             let error = selection.parse(bad).expect_err(bad).to_string();
             let full = serde_json::from_str::<Json>(bad)

@@ -5,8 +5,9 @@
 //! used idle connection without hashing or looking anything up, sends on hyper's HTTP/1
 //! (or, when TLS negotiates it, HTTP/2) connection API, and gives the connection back once
 //! the whole answer is read. A connection is never shared by two HTTP/1 requests at once,
-//! so a pool grows to the concurrency it sees; idle connections are dropped after
-//! [`IDLE_TIMEOUT`] or as soon as the upstream closes them.
+//! so a pool grows to the concurrency it sees. An idle HTTP/1 connection is not used after
+//! [`IDLE_TIMEOUT`] (the next request to the origin closes it) nor once the upstream closed
+//! it; the shared HTTP/2 connection is pinged while idle, and replaced when it dies.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -92,32 +93,33 @@ impl Pool {
 
     /// Sends `request` (its URI absolute, of this origin) and returns the response head;
     /// [`Pool::give_back`] the returned connection once the body is read. A request that
-    /// an idle connection could not take (it closed meanwhile) goes on another one.
+    /// an idle connection could not take (it was closing) goes on another one; one that a
+    /// new connection could not take fails.
     pub(super) async fn send(
         &self,
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Option<Lent>), CallError> {
-        if !request.headers().contains_key(http::header::HOST) {
-            request
-                .headers_mut()
-                .insert(http::header::HOST, self.host.clone());
-        }
         loop {
-            let fresh = match self.take().await {
-                Some(lent) => lent,
-                None => self.connect().await?,
+            let (lent, reused) = match self.take().await {
+                Some(lent) => (lent, true),
+                None => (self.connect().await?, false),
             };
-            match fresh {
+            let unsent = match lent {
                 Lent::Http1(mut sender) => {
                     let mut outgoing = request;
                     if outgoing.uri().scheme().is_some() {
                         *outgoing.uri_mut() = origin_form(outgoing.uri());
                     }
+                    // HTTP/1.1 names the origin in `Host` (HTTP/2 in `:authority`).
+                    if !outgoing.headers().contains_key(http::header::HOST) {
+                        outgoing
+                            .headers_mut()
+                            .insert(http::header::HOST, self.host.clone());
+                    }
                     match sender.try_send_request(outgoing).await {
                         Ok(response) => return Ok((response, Some(Lent::Http1(sender)))),
                         Err(mut err) => match err.take_message() {
-                            // Never written: the connection was closing. Try another.
-                            Some(unsent) => request = unsent,
+                            Some(unsent) => unsent,
                             None => return Err(CallError::from_hyper(err.error())),
                         },
                     }
@@ -126,18 +128,27 @@ impl Pool {
                     if request.uri().scheme().is_none() {
                         *request.uri_mut() = self.absolute(request.uri());
                     }
+                    request.headers_mut().remove(http::header::HOST);
                     match sender.try_send_request(request).await {
                         Ok(response) => return Ok((response, None)),
                         Err(mut err) => match err.take_message() {
                             Some(unsent) => {
-                                self.forget_http2(&sender);
-                                request = unsent;
+                                // Not offered again: the next try takes another connection.
+                                self.lock().http2 = None;
+                                unsent
                             }
                             None => return Err(CallError::from_hyper(err.error())),
                         },
                     }
                 }
+            };
+            if !reused {
+                return Err(CallError::Unreachable(
+                    "the upstream closed a new connection before the request was sent".into(),
+                ));
             }
+            // Never written: the idle connection was closing. Try another one.
+            request = unsent;
         }
     }
 
@@ -194,8 +205,12 @@ impl Pool {
             .await
             .map_err(|err| CallError::from_connect(&*err))?;
         if stream.connected().is_negotiated_h2() {
+            // Pings find a connection that died silently (it is then closed, and replaced).
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
                 .handshake(stream)
                 .await
                 .map_err(|err| CallError::from_hyper(&err))?;
@@ -217,13 +232,6 @@ impl Pool {
             }
         });
         Ok(Lent::Http1(sender))
-    }
-
-    fn forget_http2(&self, sender: &http2::SendRequest<Full<Bytes>>) {
-        let mut idle = self.lock();
-        if idle.http2.as_ref().is_some_and(|shared| shared.is_closed()) || sender.is_closed() {
-            idle.http2 = None;
-        }
     }
 
     fn absolute(&self, uri: &Uri) -> Uri {

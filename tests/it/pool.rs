@@ -138,3 +138,61 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
         "each call after a close opens a new connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closes_new_connections_at_once_is_unreachable_not_retried() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let host = listener.local_addr().expect("addr").to_string();
+    let (accepted, mut count) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = accepted.send(());
+            drop(stream);
+        }
+    });
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &webhook(&host).replace("company", "timeout = \"3s\"\ncompany"),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let started = std::time::Instant::now();
+    let answer = hookside.invoke("w", json!({"orderId": 1})).await;
+    crate::util::assert_error(&answer, 502, "upstream_unreachable");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered before the timeout, not after retrying until it: {:?}",
+        started.elapsed()
+    );
+    let mut connections = 0;
+    while count.try_recv().is_ok() {
+        connections += 1;
+    }
+    assert_eq!(
+        connections, 1,
+        "a new connection that closed is not retried"
+    );
+}
+
+#[tokio::test]
+async fn a_path_carried_by_the_origins_context_value_prefixes_every_request() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({"id": "p"}))).await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{{{{ context.base }}}}/orders/{{{{ orderId }}}}?x=1\"\n[context]\nbase = \"{}/v1\"\n",
+            upstream.host()
+        ),
+    );
+    dir.file(
+        "bad.toml",
+        "company = \"acme\"\nurl = \"http://{{ context.base }}/orders\"\n[context]\nbase = \"api.example?x=1\"\n",
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("w", json!({"orderId": 7})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(upstream.only().target, "/v1/orders/7?x=1");
+    let answer = hookside.invoke("bad", json!({})).await;
+    crate::util::assert_error(&answer, 404, "unknown_webhook");
+}

@@ -1,5 +1,7 @@
 //! Property tests: whatever the conversation holds, the request goes to the file's origin,
-//! and every header value sent is a valid one (or the invocation is a render error).
+//! and every header value sent is a valid one (or the invocation is a render error); and a
+//! webhook of plain lookups renders and maps the same from the parts of the conversation
+//! and response it parses as from the whole documents.
 
 use std::sync::{Arc, OnceLock};
 
@@ -41,6 +43,82 @@ a = "{{ a }}"
             (dir, webhook)
         })
         .1
+}
+
+/// A webhook of plain lookups only, reaching into objects and arrays, with defaults.
+fn lookups() -> &'static Arc<Webhook> {
+    static WEBHOOK: OnceLock<(tempfile::TempDir, Arc<Webhook>)> = OnceLock::new();
+    &WEBHOOK
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(
+                dir.path().join("w.toml"),
+                r#"company = "acme"
+method = "POST"
+url = "http://127.0.0.1:9/o/{{ extractedData.a }}/{{ extractedData.items[0].x }}?r={{ reply }}"
+[headers]
+X-S = "{{ sessionId }}"
+X-B = "{{ extractedData.b[-1] | default('none') }}"
+[body]
+whole = "{{ extractedData.a }}"
+deep = "{{ extractedData.items }}"
+text = "s={{ sessionId }} r={{ reply }} x={{ extractedData.x.a.b }}"
+[variables]
+one = "response.a.b"
+two = "$.items[1].x"
+three = "response.x[-1]"
+four = "sessionId"
+five = "$.a"
+"#,
+            )
+            .expect("write");
+            let settings = Settings::default();
+            let upstream = Upstream::new(Vec::new());
+            let loaded = config::load(dir.path(), &settings, &upstream, None).expect("load");
+            let webhook = Arc::clone(&loaded.webhooks["w"].webhook);
+            assert!(!webhook.reads.conversation.is_all() && !webhook.reads.response.is_all());
+            (dir, webhook)
+        })
+        .1
+}
+
+/// Any JSON, with keys the lookups above follow.
+fn json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        (-1e9f64..1e9).prop_map(Value::from),
+        "[a-z\u{e9}\"\\\\/ ]{0,6}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 5, |inner| {
+        let key = prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("x"),
+            Just("items"),
+            Just("other")
+        ]
+        .prop_map(String::from);
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(key, inner, 0..5)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+fn conversation() -> impl Strategy<Value = serde_json::Value> {
+    let key = prop_oneof![
+        Just("sessionId"),
+        Just("reply"),
+        Just("extractedData"),
+        Just("moduleId")
+    ]
+    .prop_map(String::from);
+    prop::collection::btree_map(key, json(), 0..5)
+        .prop_map(|map| serde_json::Value::Object(map.into_iter().collect()))
 }
 
 fn hostile() -> impl Strategy<Value = String> {
@@ -88,6 +166,40 @@ proptest! {
                 prop_assert!(bad(&a) || bad(&b), "refused a valid value: {:?} {:?}: {}", a, b, err.message);
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parsing_only_what_lookups_read_renders_and_maps_the_same(
+        conversation in conversation(),
+        response in json(),
+    ) {
+        let webhook = lookups();
+        let text = conversation.to_string();
+        let pruned = webhook.reads.conversation.parse(&text).expect("valid JSON");
+        let render = |data: &serde_json::Value| {
+            let scope = pipeline::scope(webhook, data);
+            pipeline::render_request(webhook, &scope, false)
+                .map(|rendered| {
+                    let (parts, body) = rendered.request.into_parts();
+                    let body = http_body_util::BodyExt::collect(body).now_or_never_bytes();
+                    (parts.method, parts.uri, parts.headers, body)
+                })
+                .map_err(|err| err.message)
+        };
+        prop_assert_eq!(render(&pruned), render(&conversation));
+
+        let answer = response.to_string();
+        let pruned_answer = webhook.reads.response.parse(&answer).expect("valid JSON");
+        let headers = http::HeaderMap::new();
+        let map = |data: &serde_json::Value, body: &serde_json::Value| {
+            let scope = pipeline::scope(webhook, data);
+            pipeline::map_variables(webhook, &scope, 200, &headers, body)
+        };
+        prop_assert_eq!(map(&pruned, &pruned_answer), map(&conversation, &response));
     }
 }
 
