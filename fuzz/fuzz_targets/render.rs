@@ -1,5 +1,8 @@
 //! Fuzzes rendering with arbitrary conversation JSON: it must never panic, the request
 //! must go to the file's origin, and every header must be valid (or the render refused).
+//! A second webhook of plain lookups must render the same request from the parts of the
+//! conversation it parses as from the whole of it, and the partial parse must accept and
+//! refuse exactly what a full parse does.
 //!
 //! Run with: bash fuzz/run.sh
 #![no_main]
@@ -33,16 +36,49 @@ n = "{{ moduleId + 1 }}"
 v = "response.a"
 "#;
 
+const LOOKUPS: &str = r#"company = "acme"
+method = "POST"
+url = "https://api.acme.example/v1/{{ extractedData.id }}/{{ extractedData.items[0].sku }}?q={{ reply }}"
+[headers]
+X-Session = "{{ sessionId }}"
+X-Last = "{{ extractedData.items[-1].sku | default('none') }}"
+[body]
+all = "{{ extractedData }}"
+text = "Hi {{ firstName }}: {{ reply }}"
+n = "{{ moduleId }}"
+"#;
+
+fn compiled(name: &str, text: &str) -> Webhook {
+    let source = SourceFile::new(Path::new(name).into(), text.to_owned());
+    let def = parse(&source).expect("parses");
+    compile(&def, &def.fields, 0, &Settings::default(), &Upstream::new(Vec::new())).expect("compiles")
+}
+
+fn lookups() -> &'static Webhook {
+    static WEBHOOK: OnceLock<Webhook> = OnceLock::new();
+    WEBHOOK.get_or_init(|| compiled("/nonexistent/lookups.toml", LOOKUPS))
+}
+
 fn webhook() -> &'static Webhook {
     static WEBHOOK: OnceLock<Webhook> = OnceLock::new();
-    WEBHOOK.get_or_init(|| {
-        let source = SourceFile::new(Path::new("/nonexistent/render.toml").into(), FILE.to_owned());
-        let def = parse(&source).expect("parses");
-        compile(&def, &def.fields, 0, &Settings::default(), &Upstream::new(Vec::new())).expect("compiles")
-    })
+    WEBHOOK.get_or_init(|| compiled("/nonexistent/render.toml", FILE))
 }
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let whole = serde_json::from_str::<serde_json::Value>(text);
+        let pruned = lookups().reads.conversation.parse(text);
+        assert_eq!(whole.is_ok(), pruned.is_ok(), "the partial parse accepts what a full one does");
+        if let (Ok(whole), Ok(pruned)) = (whole, pruned) {
+            let render = |data: &serde_json::Value| {
+                let scope = pipeline::scope(lookups(), data);
+                pipeline::render_request(lookups(), &scope, false)
+                    .map(|r| (r.request.uri().clone(), r.request.headers().clone(), format!("{:?}", r.request.body())))
+                    .map_err(|e| e.message)
+            };
+            assert_eq!(render(&pruned), render(&whole));
+        }
+    }
     let Ok(conversation) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     if !conversation.is_object() {
         return;
