@@ -9,8 +9,8 @@
 //! | --- | --- |
 //! | [`config`] | webhook files and the config file: raw TOML types, `extends`, secrets, compiling to [`config::Webhook`], every error with its location |
 //! | [`registry`] | one immutable [`registry::Snapshot`] of compiled webhooks, swapped whole |
-//! | [`render`] | minijinja templates: text templates, typed JSON bodies, the URL rule |
-//! | [`upstream`] | the process's HTTP clients (rustls), the destination policy, timeouts and limits |
+//! | [`render`] | templates: text, typed JSON bodies, the URL rule; plain lookups on the JSON, minijinja for the rest; parsing only what lookups read |
+//! | [`upstream`] | connectors (rustls), connection pools per origin, the destination policy, timeouts and limits |
 //! | [`mapping`] | Custom Variables: Jinja expressions and JSONPath over the response |
 //! | [`pipeline`] | one invocation as named phases: route, data, render, call, map, answer |
 //! | [`testrun`] | Run Webhook: the rendered request, the answer and each variable's trace (`/test`, `hookside run`) |
