@@ -34,3 +34,11 @@ pub mod server;
 pub mod testrun;
 pub mod upstream;
 pub mod watch;
+
+/// Locks a mutex, also after a panic in another holder: every mutex here guards a cache or
+/// a registry whose entries stay valid whatever a panicking thread was doing.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

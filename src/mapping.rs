@@ -10,7 +10,7 @@ use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
 use serde::Serialize;
 
 use crate::render::lookup::{Lookup, Step};
-use crate::render::select::{Phase, Reads};
+use crate::render::select::{Phase, Reads, Selection};
 use crate::render::{Scope, ValueExpr};
 
 /// One compiled Custom Variable.
@@ -102,7 +102,7 @@ impl Variable {
     pub fn note_reads(&self, reads: &mut Reads) {
         match &self.kind {
             VariableKind::Jinja(expression) => expression.note_reads(reads, Phase::Mapping),
-            VariableKind::JsonPath(_) => reads.response = crate::render::select::Selection::all(),
+            VariableKind::JsonPath(_) => reads.response = Selection::all(),
             VariableKind::PlainPath(lookup) => reads.lookup(lookup, Phase::Mapping),
         }
     }

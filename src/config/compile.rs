@@ -438,17 +438,10 @@ pub fn compile(
     let Some(url) = url else {
         return Err(sink.problems);
     };
-    let pool = match upstream.pool(roots, &url.absolute("")) {
-        Ok(pool) => Some(pool),
-        Err(message) => {
-            let at = fields.url.as_ref().map_or(file, |url| &url.at);
-            sink.problems.push(at.problem(format!("url: {message}")));
-            None
-        }
-    };
-    let Some(pool) = pool.filter(|_| sink.problems.is_empty()) else {
+    if !sink.problems.is_empty() {
         return Err(sink.problems);
-    };
+    }
+    let pool = upstream.pool(&roots, &url.scheme, &url.authority);
     let mut secrets = sink.secrets;
     // Query secrets travel percent-encoded: an upstream quoting its request URL echoes that.
     let encoded: Vec<String> = query

@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,6 +28,8 @@ use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+
+use crate::lock;
 
 /// The process's upstream connectors and pools. Built once; webhooks hold an `Arc` of
 /// their origin's pool, so every invocation to one origin shares its connections, across
@@ -36,14 +39,22 @@ pub struct Upstream {
     /// Connectors with extra roots, by a hash of the PEM content. Mutexes: touched only
     /// when files load, never per request.
     with_roots: Mutex<HashMap<u64, Connector>>,
-    /// The pools in use, by trust roots (`None`: webpki only) and origin.
-    pools: Mutex<HashMap<(Roots, String), Weak<Pool>>>,
+    /// The pools in use, by trust roots and origin.
+    pools: Mutex<HashMap<PoolKey, Weak<Pool>>>,
     deny: Arc<Vec<IpNet>>,
 }
 
-/// Which trust roots a webhook's upstream connections use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Roots(Option<u64>);
+/// A pool's trust roots (a hash of the extra PEM file; `None`: webpki's only) and origin.
+type PoolKey = (Option<u64>, String);
+
+/// Which trust roots a webhook's upstream connections use, with the connector that uses
+/// them.
+#[derive(Clone)]
+pub struct Roots {
+    /// A hash of the extra PEM file; `None`: webpki's roots only.
+    key: Option<u64>,
+    connector: Connector,
+}
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,8 +177,11 @@ impl Upstream {
             hasher.finish()
         };
         let mut cache = lock(&self.with_roots);
-        if cache.contains_key(&key) {
-            return Ok(Roots(Some(key)));
+        if let Some(connector) = cache.get(&key) {
+            return Ok(Roots {
+                key: Some(key),
+                connector: connector.clone(),
+            });
         }
         let mut roots = webpki_roots_store();
         let mut added = 0;
@@ -181,34 +195,34 @@ impl Upstream {
         if added == 0 {
             return Err(format!("{} holds no PEM certificate", path.display()));
         }
-        cache.insert(key, build_connector(roots, &self.deny));
-        Ok(Roots(Some(key)))
+        let connector = build_connector(roots, &self.deny);
+        cache.insert(key, connector.clone());
+        Ok(Roots {
+            key: Some(key),
+            connector,
+        })
     }
 
     /// Webpki's trust roots only.
     pub fn webpki_roots(&self) -> Roots {
-        Roots(None)
+        Roots {
+            key: None,
+            connector: self.default.clone(),
+        }
     }
 
-    /// The pool of `origin` (`scheme://host[:port]`) through `roots`: the one in use when
+    /// The pool of the origin `scheme://authority` through `roots`: the one in use when
     /// there is one (another webhook's, or the previous load's), else a new one.
-    pub fn pool(&self, roots: Roots, origin: &str) -> Result<Arc<Pool>, String> {
+    pub fn pool(&self, roots: &Roots, scheme: &Scheme, authority: &Authority) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
-        let key = (roots, origin.to_owned());
+        let key = (roots.key, format!("{scheme}://{authority}"));
         if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
-            return Ok(pool);
+            return pool;
         }
-        let connector = match roots.0 {
-            None => self.default.clone(),
-            Some(hash) => lock(&self.with_roots)
-                .get(&hash)
-                .cloned()
-                .ok_or("the trust roots were not loaded")?,
-        };
-        let pool = Arc::new(Pool::new(connector, origin)?);
+        let pool = Arc::new(Pool::new(roots.connector.clone(), scheme, authority));
         pools.retain(|_, pool| pool.strong_count() > 0);
         pools.insert(key, Arc::downgrade(&pool));
-        Ok(pool)
+        pool
     }
 
     /// Whether a literal IP host is denied (names are checked when they resolve).
@@ -260,12 +274,6 @@ impl Upstream {
             .await
             .unwrap_or(Err(CallError::Timeout(timeout)))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn webpki_roots_store() -> rustls::RootCertStore {

@@ -9,6 +9,7 @@
 //! [`IDLE_TIMEOUT`] (the next request to the origin closes it) nor once the upstream closed
 //! it; the shared HTTP/2 connection is pinged while idle, and replaced when it dies.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,30 +66,32 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool for `origin` (`scheme://host[:port]`), empty until the first request.
-    pub fn new(connector: Connector, origin: &str) -> Result<Pool, String> {
-        let uri: Uri = format!("{origin}/")
-            .parse()
-            .map_err(|err| format!("{origin:?} is not a valid origin: {err}"))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
-        else {
-            return Err(format!("{origin:?} has no scheme or host"));
-        };
-        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+    /// A pool for the origin `scheme://authority` (as parsed when the URL was compiled),
+    /// empty until the first request.
+    pub fn new(connector: Connector, scheme: &Scheme, authority: &Authority) -> Pool {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        // Invariant: a parsed scheme and authority with the path `/` make a URI.
+        #[expect(clippy::expect_used, reason = "parts that were parsed from a URI")]
+        let origin = Uri::from_parts(parts).expect("a scheme, an authority and `/`");
+        let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
         let host = match authority.port_u16() {
-            Some(port) if port != default_port => authority.as_str().to_owned(),
-            _ => authority.host().to_owned(),
+            Some(port) if port != default_port => authority.as_str(),
+            _ => authority.host(),
         };
-        let host = HeaderValue::from_str(&host)
-            .map_err(|err| format!("{origin:?}: the host is not a valid header: {err}"))?;
-        Ok(Pool {
+        // Invariant: an authority's characters are all valid in a header value.
+        #[expect(clippy::expect_used, reason = "an authority is a valid header value")]
+        let host = HeaderValue::from_str(host).expect("an authority is a valid header value");
+        Pool {
             connector,
-            origin: uri,
-            scheme,
-            authority,
+            origin,
+            scheme: scheme.clone(),
+            authority: authority.clone(),
             host,
             idle: Mutex::new(Idle::default()),
-        })
+        }
     }
 
     /// Sends `request` (its URI absolute, of this origin) and returns the response head;
@@ -214,11 +217,7 @@ impl Pool {
                 .handshake(stream)
                 .await
                 .map_err(|err| CallError::from_hyper(&err))?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "upstream HTTP/2 connection ended");
-                }
-            });
+            spawn_connection(connection);
             self.lock().http2 = Some(sender.clone());
             return Ok(Lent::Http2(sender));
         }
@@ -226,11 +225,7 @@ impl Pool {
             .handshake(stream)
             .await
             .map_err(|err| CallError::from_hyper(&err))?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "upstream connection ended");
-            }
-        });
+        spawn_connection(connection);
         Ok(Lent::Http1(sender))
     }
 
@@ -243,10 +238,20 @@ impl Pool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.idle)
     }
+}
+
+/// Runs a connection (HTTP/1 or HTTP/2) on a task of its own until it ends.
+fn spawn_connection<C>(connection: C)
+where
+    C: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "upstream connection ended");
+        }
+    });
 }
 
 /// `/path?query` of an absolute URI, as HTTP/1.1 sends it to an origin server.

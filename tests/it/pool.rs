@@ -78,6 +78,11 @@ async fn an_upstream_that_closes_each_connection_is_answered_every_time() {
     assert_eq!(upstream.connections(), 3);
 }
 
+/// How many signals are waiting on `receiver` (taking them).
+fn received(receiver: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> usize {
+    std::iter::from_fn(|| receiver.try_recv().ok()).count()
+}
+
 /// An upstream that keeps each connection open for one answer and then, while it is idle,
 /// closes it (as servers with a short keep-alive timeout do).
 async fn closing_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
@@ -129,10 +134,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut connections = 0;
-    while accepted.try_recv().is_ok() {
-        connections += 1;
-    }
+    let connections = received(&mut accepted);
     assert_eq!(
         connections, 3,
         "each call after a close opens a new connection"
@@ -164,10 +166,7 @@ async fn an_upstream_that_closes_new_connections_at_once_is_unreachable_not_retr
         "answered before the timeout, not after retrying until it: {:?}",
         started.elapsed()
     );
-    let mut connections = 0;
-    while count.try_recv().is_ok() {
-        connections += 1;
-    }
+    let connections = received(&mut count);
     assert_eq!(
         connections, 1,
         "a new connection that closed is not retried"

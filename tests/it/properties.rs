@@ -13,14 +13,23 @@ use hookside::error::ErrorKind;
 use hookside::pipeline;
 use hookside::upstream::Upstream;
 
+/// Loads `text` as the one file of a temporary directory, as `serve` would.
+fn load(text: &str) -> (tempfile::TempDir, Arc<Webhook>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("w.toml"), text).expect("write");
+    let settings = Settings::default();
+    let upstream = Upstream::new(Vec::new());
+    let loaded = config::load(dir.path(), &settings, &upstream, None).expect("load");
+    let webhook = Arc::clone(&loaded.webhooks["w"].webhook);
+    (dir, webhook)
+}
+
 /// A webhook that puts conversation values everywhere they may go.
 fn webhook() -> &'static Arc<Webhook> {
     static WEBHOOK: OnceLock<(tempfile::TempDir, Arc<Webhook>)> = OnceLock::new();
     &WEBHOOK
         .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            std::fs::write(
-                dir.path().join("w.toml"),
+            load(
                 r#"company = "acme"
 method = "POST"
 url = "https://{{ context.host }}:8443/v1/{{ a }}/x/{{ b | lower }}?fixed=1&q={{ a }}"
@@ -35,12 +44,6 @@ c = "{{ a }}"
 a = "{{ a }}"
 "#,
             )
-            .expect("write");
-            let settings = Settings::default();
-            let upstream = Upstream::new(Vec::new());
-            let loaded = config::load(dir.path(), &settings, &upstream, None).expect("load");
-            let webhook = Arc::clone(&loaded.webhooks["w"].webhook);
-            (dir, webhook)
         })
         .1
 }
@@ -50,9 +53,7 @@ fn lookups() -> &'static Arc<Webhook> {
     static WEBHOOK: OnceLock<(tempfile::TempDir, Arc<Webhook>)> = OnceLock::new();
     &WEBHOOK
         .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            std::fs::write(
-                dir.path().join("w.toml"),
+            let (dir, webhook) = load(
                 r#"company = "acme"
 method = "POST"
 url = "http://127.0.0.1:9/o/{{ extractedData.a }}/{{ extractedData.items[0].x }}?r={{ reply }}"
@@ -70,12 +71,7 @@ three = "response.x[-1]"
 four = "sessionId"
 five = "$.a"
 "#,
-            )
-            .expect("write");
-            let settings = Settings::default();
-            let upstream = Upstream::new(Vec::new());
-            let loaded = config::load(dir.path(), &settings, &upstream, None).expect("load");
-            let webhook = Arc::clone(&loaded.webhooks["w"].webhook);
+            );
             assert!(!webhook.reads.conversation.is_all() && !webhook.reads.response.is_all());
             (dir, webhook)
         })
