@@ -10,7 +10,7 @@
 //! | [`config`] | webhook files and the config file: raw TOML types, `extends`, secrets, compiling to [`config::Webhook`], every error with its location |
 //! | [`registry`] | one immutable [`registry::Snapshot`] of compiled webhooks, swapped whole |
 //! | [`render`] | templates: text, typed JSON bodies, the URL rule; plain lookups on the JSON, minijinja for the rest; parsing only what lookups read |
-//! | [`upstream`] | connectors (rustls), connection pools per origin, the destination policy, timeouts and limits |
+//! | [`upstream`] | connectors (rustls), connection pools per origin, HTTP/1.1 on the request's task (HTTP/2 by hyper), the destination policy, timeouts and limits |
 //! | [`mapping`] | Custom Variables: Jinja expressions and JSONPath over the response |
 //! | [`pipeline`] | one invocation as named phases: route, data, render, call, map, answer |
 //! | [`testrun`] | Run Webhook: the rendered request, the answer and each variable's trace (`/test`, `hookside run`) |

@@ -7,7 +7,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Request};
-use http_body_util::Full;
 use serde::Serialize;
 
 use crate::config::{Body, Webhook};
@@ -21,7 +20,7 @@ use crate::upstream::Upstream;
 #[derive(Debug)]
 pub struct RenderedRequest {
     /// What is sent.
-    pub request: Request<Full<Bytes>>,
+    pub request: Request<Bytes>,
     /// What may be shown (secrets as `***`), when asked for.
     pub shown: Option<ShownRequest>,
 }
@@ -206,7 +205,7 @@ pub fn render_request(
         None
     };
 
-    let mut request = Request::new(Full::new(body));
+    let mut request = Request::new(body);
     *request.method_mut() = webhook.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -285,7 +284,7 @@ pub async fn call_and_map(
     upstream: &Upstream,
     webhook: &Webhook,
     scope: &Scope<'_>,
-    request: Request<Full<Bytes>>,
+    request: Request<Bytes>,
     started: Instant,
     max_response_body: usize,
     lenient_json: bool,

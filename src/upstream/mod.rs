@@ -3,9 +3,10 @@
 //! policy on resolved addresses, the webhook's timeout over the whole exchange, the
 //! response size limit while streaming, and the classification of failures.
 //!
-//! Redirects are not followed (hyper's client never does) and proxy variables are ignored
-//! (no proxy connector is installed).
+//! HTTP/1.1 is spoken on the invoking request's task (`http1`), HTTP/2 by hyper. Redirects
+//! are not followed and proxy variables are ignored (no proxy connector is installed).
 
+mod http1;
 mod pool;
 
 pub use pool::{Connector, IDLE_TIMEOUT, Pool};
@@ -22,7 +23,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
@@ -231,46 +231,16 @@ impl Upstream {
         denied(&self.deny, address).then(|| format!("{address} is in a denied network"))
     }
 
-    /// Sends `request` (its URI absolute, of the pool's origin) and reads the whole answer
+    /// Sends `request` (of the pool's origin) and reads the whole answer
     /// within `timeout`, refusing a body over `limit` bytes (declared or streamed).
     pub async fn call(
         &self,
         pool: &Pool,
-        request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
         timeout: Duration,
         limit: usize,
     ) -> Result<Answer, CallError> {
-        let exchange = async {
-            let (response, connection) = pool.send(request).await?;
-            let (parts, body) = response.into_parts();
-            let declared = parts
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|length| length > limit as u64) {
-                return Err(CallError::TooLarge(limit));
-            }
-            let body = Limited::new(body, limit)
-                .collect()
-                .await
-                .map_err(|err| {
-                    if err.is::<http_body_util::LengthLimitError>() {
-                        CallError::TooLarge(limit)
-                    } else {
-                        CallError::Body(chain(&*err))
-                    }
-                })?
-                .to_bytes();
-            // Read to the end: the connection can take the next request.
-            pool.give_back(connection);
-            Ok(Answer {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            })
-        };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, pool.call(&request, limit))
             .await
             .unwrap_or(Err(CallError::Timeout(timeout)))
     }

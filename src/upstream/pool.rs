@@ -2,12 +2,13 @@
 //!
 //! Every webhook's origin (`scheme://host:port`) is fixed when its file loads, so each
 //! webhook holds the [`Pool`] of its origin directly: a request takes the most recently
-//! used idle connection without hashing or looking anything up, sends on hyper's HTTP/1
-//! (or, when TLS negotiates it, HTTP/2) connection API, and gives the connection back once
-//! the whole answer is read. A connection is never shared by two HTTP/1 requests at once,
-//! so a pool grows to the concurrency it sees. An idle HTTP/1 connection is not used after
-//! [`IDLE_TIMEOUT`] (the next request to the origin closes it) nor once the upstream closed
-//! it; the shared HTTP/2 connection is pinged while idle, and replaced when it dies.
+//! used idle connection without hashing or looking anything up. HTTP/1.1 runs on the
+//! request's own task ([`Conn`]); when TLS negotiates HTTP/2, one connection, driven by
+//! hyper on a task of its own, is shared by all requests. An HTTP/1.1 connection serves one
+//! request at a time, so a pool grows to the concurrency it sees. An idle HTTP/1.1
+//! connection is not used after [`IDLE_TIMEOUT`] (the next request to the origin closes it)
+//! nor once the upstream closed it; the shared HTTP/2 connection is pinged while idle, and
+//! replaced when it dies.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -16,15 +17,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service as _;
 
-use super::{CallError, PolicyResolver};
+use super::http1::{Conn, Failure};
+use super::{Answer, CallError, PolicyResolver, chain};
 
 /// How long an unused connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -44,16 +46,18 @@ pub struct Pool {
     idle: Mutex<Idle>,
 }
 
-/// The idle connections, newest last, and the one shared HTTP/2 connection.
+/// The idle HTTP/1.1 connections, newest last, and the one shared HTTP/2 connection.
 #[derive(Default)]
 struct Idle {
-    http1: Vec<(http1::SendRequest<Full<Bytes>>, Instant)>,
+    #[expect(clippy::vec_box, reason = "moved out and back in on every request")]
+    http1: Vec<Box<Conn>>,
     http2: Option<http2::SendRequest<Full<Bytes>>>,
 }
 
-/// A connection lent to one request.
-pub(super) enum Lent {
-    Http1(http1::SendRequest<Full<Bytes>>),
+/// A connection taken for one request.
+enum Taken {
+    /// Boxed: a TLS connection's state is large, and taken and given back each request.
+    Http1(Box<Conn>),
     Http2(http2::SendRequest<Full<Bytes>>),
 }
 
@@ -94,89 +98,86 @@ impl Pool {
         }
     }
 
-    /// Sends `request` (its URI absolute, of this origin) and returns the response head;
-    /// [`Pool::give_back`] the returned connection once the body is read. A request that
-    /// an idle connection could not take (it was closing) goes on another one; one that a
-    /// new connection could not take fails.
-    pub(super) async fn send(
+    /// Sends `request` (of this origin) and reads the whole answer, refusing a body over
+    /// `limit` bytes. A request that an idle connection could not take (the upstream had
+    /// closed it) goes on another one; one that a new connection could not take fails.
+    pub(super) async fn call(
         &self,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Option<Lent>), CallError> {
+        request: &Request<Bytes>,
+        limit: usize,
+    ) -> Result<Answer, CallError> {
         loop {
-            let (lent, reused) = match self.take().await {
-                Some(lent) => (lent, true),
+            let (taken, reused) = match self.take() {
+                Some(taken) => (taken, true),
                 None => (self.connect().await?, false),
             };
-            let unsent = match lent {
-                Lent::Http1(mut sender) => {
-                    let mut outgoing = request;
-                    if outgoing.uri().scheme().is_some() {
-                        *outgoing.uri_mut() = origin_form(outgoing.uri());
+            let not_taken = match taken {
+                Taken::Http1(mut conn) => match conn.exchange(request, &self.host, limit).await {
+                    Ok((answer, reusable)) => {
+                        if reusable {
+                            self.give_back(conn);
+                        }
+                        return Ok(answer);
                     }
-                    // HTTP/1.1 names the origin in `Host` (HTTP/2 in `:authority`).
-                    if !outgoing.headers().contains_key(http::header::HOST) {
-                        outgoing
-                            .headers_mut()
-                            .insert(http::header::HOST, self.host.clone());
-                    }
-                    match sender.try_send_request(outgoing).await {
-                        Ok(response) => return Ok((response, Some(Lent::Http1(sender)))),
-                        Err(mut err) => match err.take_message() {
-                            Some(unsent) => unsent,
-                            None => return Err(CallError::from_hyper(err.error())),
-                        },
-                    }
-                }
-                Lent::Http2(mut sender) => {
-                    if request.uri().scheme().is_none() {
-                        *request.uri_mut() = self.absolute(request.uri());
-                    }
-                    request.headers_mut().remove(http::header::HOST);
-                    match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response, None)),
-                        Err(mut err) => match err.take_message() {
-                            Some(unsent) => {
-                                // Not offered again: the next try takes another connection.
-                                self.lock().http2 = None;
-                                unsent
-                            }
-                            None => return Err(CallError::from_hyper(err.error())),
-                        },
-                    }
-                }
+                    Err(Failure::Failed(err)) => return Err(err),
+                    Err(Failure::NotTaken(reason)) => reason,
+                },
+                Taken::Http2(sender) => match self.call_http2(sender, request, limit).await {
+                    Some(result) => return result,
+                    None => "the HTTP/2 connection is closing".to_owned(),
+                },
             };
             if !reused {
-                return Err(CallError::Unreachable(
-                    "the upstream closed a new connection before the request was sent".into(),
-                ));
+                return Err(CallError::Unreachable(format!(
+                    "the upstream closed a new connection before taking the request: {not_taken}"
+                )));
             }
-            // Never written: the idle connection was closing. Try another one.
-            request = unsent;
+            tracing::debug!(reason = %not_taken, "an idle upstream connection was closed; trying another");
         }
     }
 
-    /// Returns a connection whose answer was read in full.
-    pub(super) fn give_back(&self, lent: Option<Lent>) {
-        let Some(Lent::Http1(sender)) = lent else {
-            return;
-        };
-        if sender.is_closed() {
-            return;
+    /// Sends `request` on the shared HTTP/2 connection; `None` when the connection did not
+    /// take it (it was closing: it is not offered again).
+    async fn call_http2(
+        &self,
+        mut sender: http2::SendRequest<Full<Bytes>>,
+        request: &Request<Bytes>,
+        limit: usize,
+    ) -> Option<Result<Answer, CallError>> {
+        let mut outgoing = Request::new(Full::new(request.body().clone()));
+        *outgoing.method_mut() = request.method().clone();
+        *outgoing.uri_mut() = self.absolute(request.uri());
+        *outgoing.headers_mut() = request.headers().clone();
+        // HTTP/2 names the origin in `:authority`.
+        outgoing.headers_mut().remove(http::header::HOST);
+        match sender.try_send_request(outgoing).await {
+            Ok(response) => Some(read_response(response, limit).await),
+            Err(err) if err.message().is_some() => {
+                self.lock().http2 = None;
+                None
+            }
+            Err(err) => Some(Err(CallError::from_hyper(err.error()))),
         }
+    }
+
+    /// Keeps an HTTP/1.1 connection whose answer was read in full for the next request.
+    fn give_back(&self, mut conn: Box<Conn>) {
         let now = Instant::now();
+        conn.since = now;
         let mut idle = self.lock();
         // The oldest are first: drop those unused for too long.
         let stale = idle
             .http1
             .iter()
-            .take_while(|(_, since)| now.duration_since(*since) > IDLE_TIMEOUT)
+            .take_while(|conn| now.duration_since(conn.since) > IDLE_TIMEOUT)
             .count();
         idle.http1.drain(..stale);
-        idle.http1.push((sender, now));
+        idle.http1.push(conn);
     }
 
-    /// The newest idle connection that is still open and ready, if any.
-    async fn take(&self) -> Option<Lent> {
+    /// The shared HTTP/2 connection, or the newest idle HTTP/1.1 connection that is still
+    /// open, if any.
+    fn take(&self) -> Option<Taken> {
         loop {
             let next = {
                 let mut idle = self.lock();
@@ -184,49 +185,40 @@ impl Pool {
                     if shared.is_closed() {
                         idle.http2 = None;
                     } else {
-                        return Some(Lent::Http2(shared.clone()));
+                        return Some(Taken::Http2(shared.clone()));
                     }
                 }
                 idle.http1.pop()
             };
-            let (mut sender, since) = next?;
-            if since.elapsed() > IDLE_TIMEOUT || sender.is_closed() {
-                continue;
-            }
-            // Ready as soon as the connection has finished the previous exchange.
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Some(Lent::Http1(sender));
+            let mut conn = next?;
+            if conn.since.elapsed() <= IDLE_TIMEOUT && !conn.closed_while_idle() {
+                return Some(Taken::Http1(conn));
             }
         }
     }
 
     /// Opens a new connection: HTTP/2 when TLS negotiates it, else HTTP/1.1.
-    async fn connect(&self) -> Result<Lent, CallError> {
+    async fn connect(&self) -> Result<Taken, CallError> {
         let mut connector = self.connector.clone();
         let stream: MaybeHttpsStream<TokioIo<tokio::net::TcpStream>> = connector
             .call(self.origin.clone())
             .await
             .map_err(|err| CallError::from_connect(&*err))?;
-        if stream.connected().is_negotiated_h2() {
-            // Pings find a connection that died silently (it is then closed, and replaced).
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .keep_alive_while_idle(true)
-                .handshake(stream)
-                .await
-                .map_err(|err| CallError::from_hyper(&err))?;
-            spawn_connection(connection);
-            self.lock().http2 = Some(sender.clone());
-            return Ok(Lent::Http2(sender));
+        if !stream.connected().is_negotiated_h2() {
+            return Ok(Taken::Http1(Box::new(Conn::new(TokioIo::new(stream)))));
         }
-        let (sender, connection) = http1::Builder::new()
+        // Pings find a connection that died silently (it is then closed, and replaced).
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
             .handshake(stream)
             .await
             .map_err(|err| CallError::from_hyper(&err))?;
         spawn_connection(connection);
-        Ok(Lent::Http1(sender))
+        self.lock().http2 = Some(sender.clone());
+        Ok(Taken::Http2(sender))
     }
 
     fn absolute(&self, uri: &Uri) -> Uri {
@@ -242,7 +234,7 @@ impl Pool {
     }
 }
 
-/// Runs a connection (HTTP/1 or HTTP/2) on a task of its own until it ends.
+/// Runs an HTTP/2 connection on a task of its own until it ends.
 fn spawn_connection<C>(connection: C)
 where
     C: Future<Output = hyper::Result<()>> + Send + 'static,
@@ -254,13 +246,31 @@ where
     });
 }
 
-/// `/path?query` of an absolute URI, as HTTP/1.1 sends it to an origin server.
-fn origin_form(uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+/// Reads an HTTP/2 answer's body, refusing one over `limit` bytes (declared or streamed).
+async fn read_response(response: Response<Incoming>, limit: usize) -> Result<Answer, CallError> {
+    let (parts, body) = response.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(CallError::TooLarge(limit));
+    }
+    let body = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                CallError::TooLarge(limit)
+            } else {
+                CallError::Body(chain(&*err))
+            }
+        })?
+        .to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }

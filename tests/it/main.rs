@@ -5,6 +5,7 @@ mod adversarial;
 mod cli;
 mod errors;
 mod files;
+mod http1;
 mod invoke;
 mod metrics;
 mod operations;
