@@ -16,6 +16,7 @@
 //! | [`testrun`] | Run Webhook: the rendered request, the answer and each variable's trace (`/test`, `hookside run`) |
 //! | [`check`] | `hookside check`: every file loaded as `serve` does, every example run offline |
 //! | [`server`] | the bot API and the admin API over hyper |
+//! | [`pace`] | invocations in progress; under load their writes go out together |
 //! | [`metrics`] | one `Metrics` struct on its own Prometheus registry; bounded labels |
 //! | [`error`] | the one place where an error becomes an HTTP status and a JSON body |
 //! | [`watch`] | notify -> debounce -> "reload" signal; re-arms when the directory is replaced |
@@ -27,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod mapping;
 pub mod metrics;
+pub mod pace;
 pub mod pipeline;
 pub mod registry;
 pub mod render;

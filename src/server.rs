@@ -189,6 +189,7 @@ async fn invoke(
                 .metrics
                 .get_or_init(|| state.metrics.webhook(&webhook.name, &webhook.company));
             let _in_flight = series.start();
+            let _active = state.upstream.pace.start();
             let started = std::time::Instant::now();
             let invocation = pipeline::invoke(
                 &state.upstream,
@@ -198,7 +199,9 @@ async fn invoke(
             )
             .await;
             let invocation = record(&webhook, series, started.elapsed(), invocation)?;
-            Ok(bytes_response(StatusCode::OK, invocation.to_answer()))
+            let answer = bytes_response(StatusCode::OK, invocation.to_answer());
+            state.upstream.pace.others_first().await;
+            Ok(answer)
         }
         Some(dry_run) => {
             let run = crate::testrun::run(

@@ -30,6 +30,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::lock;
+use crate::pace::Pace;
 
 /// The process's upstream connectors and pools. Built once; webhooks hold an `Arc` of
 /// their origin's pool, so every invocation to one origin shares its connections, across
@@ -42,6 +43,8 @@ pub struct Upstream {
     /// The pools in use, by trust roots and origin.
     pools: Mutex<HashMap<PoolKey, Weak<Pool>>>,
     deny: Arc<Vec<IpNet>>,
+    /// The bot invocations in progress, whose writes go out together under load.
+    pub pace: Pace,
 }
 
 /// A pool's trust roots (a hash of the extra PEM file; `None`: webpki's only) and origin.
@@ -163,6 +166,7 @@ impl Upstream {
             with_roots: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             deny,
+            pace: Pace::default(),
         }
     }
 
@@ -240,6 +244,7 @@ impl Upstream {
         timeout: Duration,
         limit: usize,
     ) -> Result<Answer, CallError> {
+        self.pace.others_first().await;
         tokio::time::timeout(timeout, pool.call(&request, limit))
             .await
             .unwrap_or(Err(CallError::Timeout(timeout)))

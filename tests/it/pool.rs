@@ -195,3 +195,45 @@ async fn a_path_carried_by_the_origins_context_value_prefixes_every_request() {
     let answer = hookside.invoke("bad", json!({})).await;
     crate::util::assert_error(&answer, 404, "unknown_webhook");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_invocations_are_counted_while_in_progress_and_all_answered() {
+    let upstream =
+        Upstream::fixed(Reply::json(200, json!({"id": "c"})).delayed(Duration::from_millis(300)))
+            .await;
+    let dir = Dir::new();
+    dir.file("w.toml", &webhook(&upstream.host()));
+    // Refused at once: counted too, and released on the error path.
+    dir.file(
+        "denied.toml",
+        "company = \"acme\"\nurl = \"http://169.254.169.254/x\"\n",
+    );
+    let state = hookside::app::State::new(dir.path().to_path_buf(), Default::default());
+    hookside::app::reload(&state, "test").await;
+    let hookside = std::sync::Arc::new(Hookside::serve_state(std::sync::Arc::clone(&state)).await);
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let hookside = std::sync::Arc::clone(&hookside);
+            let name = if i % 4 == 0 { "denied" } else { "w" };
+            tokio::spawn(async move { (name, hookside.invoke(name, json!({"orderId": i})).await) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        state.upstream.pace.active(),
+        12,
+        "the twelve waiting on the upstream are in progress"
+    );
+    for call in calls {
+        let (name, (status, answer)) = call.await.expect("joined");
+        if name == "w" {
+            assert_eq!(
+                (status.as_u16(), &answer["variables"]["id"]),
+                (200, &json!("c"))
+            );
+        } else {
+            crate::util::assert_error(&(status, answer), 502, "destination_denied");
+        }
+    }
+    assert_eq!(state.upstream.pace.active(), 0, "every guard was released");
+}
