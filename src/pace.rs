@@ -6,7 +6,7 @@
 //! ready run before it writes (the upstream request, then the bot's answer), so the writes
 //! of one scheduler pass go out together and a peer woken by the first finds the rest
 //! waiting. Under saturation this took about a fifth of the CPU time per invocation off
-//! (BENCHMARKS.md). A lone invocation never waits: the fixed-rate latency is unchanged.
+//! (BENCHMARKS.md). A lone invocation never waits.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
