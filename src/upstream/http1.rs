@@ -36,10 +36,12 @@ pub(super) type Stream = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
 const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields a response head may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
-/// The largest chunk-size line or trailer section accepted.
+/// The largest chunk-size line accepted (the trailer section may be as large as a head).
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// How much room a read asks for at least.
 const READ_SIZE: usize = 8 * 1024;
+/// Buffers over this size are not kept with an idle connection.
+const KEPT_BUFFER: usize = 64 * 1024;
 
 /// One HTTP/1.1 connection to an upstream, used by one request at a time.
 pub(super) struct Conn {
@@ -92,7 +94,9 @@ impl Conn {
     }
 
     /// Whether the upstream closed this idle connection (or sent something nobody asked
-    /// for, which makes it unusable too). Never waits: it looks at what already arrived.
+    /// for, which makes it unusable too). Never waits: it looks at what already arrived. It
+    /// can miss a close that is still in flight (or hidden by tokio's cooperative budget);
+    /// the retry rule of [`Conn::exchange`] covers that case as hyper's did.
     pub(super) fn closed_while_idle(&mut self) -> bool {
         if !self.read.is_empty() {
             return true;
@@ -126,6 +130,14 @@ impl Conn {
             && !(head.headers.contains_key(TRANSFER_ENCODING)
                 && head.headers.contains_key(CONTENT_LENGTH))
             && self.read.is_empty();
+        // A large body's allocation would stay with the idle connection (the empty rest of
+        // the read buffer shares it), as would a large request's: start small again.
+        if body.len() > KEPT_BUFFER || self.read.capacity() > KEPT_BUFFER {
+            self.read = BytesMut::with_capacity(READ_SIZE);
+        }
+        if self.write.capacity() > KEPT_BUFFER {
+            self.write = Vec::with_capacity(1024);
+        }
         let answer = Answer {
             status: head.status,
             headers: head.headers,
@@ -160,8 +172,10 @@ impl Conn {
         out.extend_from_slice(body);
     }
 
-    /// Writes the encoded request; a failure before its first byte was taken is
-    /// [`Failure::NotTaken`].
+    /// Writes the encoded request; a failure of the first write is [`Failure::NotTaken`].
+    /// Over TLS that first write may have sent some records before failing; an upstream
+    /// whose connection failed under them cannot have read a whole request (it has a
+    /// length), so it cannot have acted on it.
     async fn send(&mut self) -> Result<(), Failure> {
         let mut written = 0;
         while written < self.write.len() {
@@ -210,7 +224,7 @@ impl Conn {
                     }
                     return Ok(head);
                 }
-                if self.read.len() > MAX_HEAD {
+                if self.read.len() >= MAX_HEAD {
                     return Err(invalid("the response head is over 64 KiB"));
                 }
             }
@@ -231,7 +245,9 @@ impl Conn {
     fn parse_head(&mut self) -> Result<Option<Head>, Failure> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut fields);
-        let length = match response.parse(&self.read) {
+        // Never more than the limit is parsed (a head is parsed again after each read).
+        let window = &self.read[..self.read.len().min(MAX_HEAD)];
+        let length = match response.parse(window) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(err) => {
@@ -301,12 +317,13 @@ impl Conn {
         let mut body = BytesMut::new();
         loop {
             let size = loop {
-                match httparse::parse_chunk_size(&self.read) {
+                let window = &self.read[..self.read.len().min(MAX_CHUNK_LINE)];
+                match httparse::parse_chunk_size(window) {
                     Ok(httparse::Status::Complete((used, size))) => {
                         self.read.advance(used);
                         break size;
                     }
-                    Ok(httparse::Status::Partial) if self.read.len() <= MAX_CHUNK_LINE => {
+                    Ok(httparse::Status::Partial) if self.read.len() < MAX_CHUNK_LINE => {
                         if self.fill(READ_SIZE).await.map_err(body_error)? == 0 {
                             return Err(truncated());
                         }
@@ -336,13 +353,14 @@ impl Conn {
         }
         // Trailer fields, if any, then the empty line.
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; 16];
-            match httparse::parse_headers(&self.read, &mut fields) {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let window = &self.read[..self.read.len().min(MAX_HEAD)];
+            match httparse::parse_headers(window, &mut fields) {
                 Ok(httparse::Status::Complete((used, _))) => {
                     self.read.advance(used);
                     return Ok(body.freeze());
                 }
-                Ok(httparse::Status::Partial) if self.read.len() <= MAX_CHUNK_LINE => {
+                Ok(httparse::Status::Partial) if self.read.len() < MAX_HEAD => {
                     if self.fill(READ_SIZE).await.map_err(body_error)? == 0 {
                         return Err(truncated());
                     }

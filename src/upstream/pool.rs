@@ -51,14 +51,23 @@ pub struct Pool {
 struct Idle {
     #[expect(clippy::vec_box, reason = "moved out and back in on every request")]
     http1: Vec<Box<Conn>>,
-    http2: Option<http2::SendRequest<Full<Bytes>>>,
+    http2: Option<Shared>,
+    /// Counts the HTTP/2 connections opened, to tell the current one from an older one.
+    opened: u64,
+}
+
+/// The shared HTTP/2 connection and its number.
+#[derive(Clone)]
+struct Shared {
+    number: u64,
+    sender: http2::SendRequest<Full<Bytes>>,
 }
 
 /// A connection taken for one request.
 enum Taken {
     /// Boxed: a TLS connection's state is large, and taken and given back each request.
     Http1(Box<Conn>),
-    Http2(http2::SendRequest<Full<Bytes>>),
+    Http2(Shared),
 }
 
 impl std::fmt::Debug for Pool {
@@ -140,7 +149,7 @@ impl Pool {
     /// take it (it was closing: it is not offered again).
     async fn call_http2(
         &self,
-        mut sender: http2::SendRequest<Full<Bytes>>,
+        shared: Shared,
         request: &Request<Bytes>,
         limit: usize,
     ) -> Option<Result<Answer, CallError>> {
@@ -150,10 +159,19 @@ impl Pool {
         *outgoing.headers_mut() = request.headers().clone();
         // HTTP/2 names the origin in `:authority`.
         outgoing.headers_mut().remove(http::header::HOST);
+        let Shared { number, mut sender } = shared;
         match sender.try_send_request(outgoing).await {
             Ok(response) => Some(read_response(response, limit).await),
             Err(err) if err.message().is_some() => {
-                self.lock().http2 = None;
+                // Only this connection: another request may have opened the next one.
+                let mut idle = self.lock();
+                if idle
+                    .http2
+                    .as_ref()
+                    .is_some_and(|current| current.number == number)
+                {
+                    idle.http2 = None;
+                }
                 None
             }
             Err(err) => Some(Err(CallError::from_hyper(err.error()))),
@@ -182,7 +200,7 @@ impl Pool {
             let next = {
                 let mut idle = self.lock();
                 if let Some(shared) = idle.http2.as_ref() {
-                    if shared.is_closed() {
+                    if shared.sender.is_closed() {
                         idle.http2 = None;
                     } else {
                         return Some(Taken::Http2(shared.clone()));
@@ -217,8 +235,14 @@ impl Pool {
             .await
             .map_err(|err| CallError::from_hyper(&err))?;
         spawn_connection(connection);
-        self.lock().http2 = Some(sender.clone());
-        Ok(Taken::Http2(sender))
+        let mut idle = self.lock();
+        idle.opened += 1;
+        let shared = Shared {
+            number: idle.opened,
+            sender,
+        };
+        idle.http2 = Some(shared.clone());
+        Ok(Taken::Http2(shared))
     }
 
     fn absolute(&self, uri: &Uri) -> Uri {

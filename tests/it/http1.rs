@@ -141,6 +141,10 @@ async fn the_request_is_one_http11_message_with_host_length_and_body() {
         "{head}"
     );
     assert!(fields.contains(&"content-type: application/json"), "{head}");
+    for name in ["host:", "content-length:", "content-type:"] {
+        let count = fields.iter().filter(|f| f.starts_with(name)).count();
+        assert_eq!(count, 1, "{name} once: {head}");
+    }
     assert!(
         fields.contains(&format!("content-length: {}", body.len()).as_str()),
         "{head}"
@@ -185,6 +189,7 @@ async fn a_get_has_no_length_and_a_post_without_a_body_says_zero() {
 #[tokio::test]
 async fn answers_framed_every_way_are_read_whole() {
     // Each answer, and whether the connection is then reused (a new one is opened if not).
+    // The ids the answers carry are "a", "b", "c"... in this order.
     let cases: [(&str, &'static str, bool); 7] = [
         ("content-length", OK, true),
         (
@@ -218,18 +223,14 @@ async fn answers_framed_every_way_are_read_whole() {
             true,
         ),
     ];
-    for (case, answer, reused) in cases {
+    for ((case, answer, reused), id) in cases.into_iter().zip(["a", "b", "c", "d", "e", "f", "g"]) {
         let upstream = Scripted::start(vec![Step::Answer(answer), Step::Answer(OK)]).await;
         let dir = Dir::new();
         webhook(&dir, &upstream.host, "POST");
         let hookside = Hookside::start(dir.path()).await;
         let (status, first) = hookside.invoke("w", json!({"orderId": 1})).await;
         assert_eq!(status, 200, "{case}: {first}");
-        let id = first["variables"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        assert_eq!(id.len(), 1, "{case}: {first}");
+        assert_eq!(first["variables"]["id"], id, "{case}: {first}");
         let (status, second) = hookside.invoke("w", json!({"orderId": 2})).await;
         assert_eq!(
             (status.as_u16(), &second["variables"]["id"]),
@@ -336,6 +337,35 @@ async fn a_body_cut_short_is_unreachable() {
         assert_error(&answer, 502, "upstream_unreachable");
         let message = answer.1["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("before the end of the body"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_grows_over_the_limit_is_refused() {
+    // 8 bytes of JSON, then 16 or 8 bytes of trailing spaces, in chunks of 8.
+    const OVER: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n8\r\n{\"id\":1}\r\n8\r\n        \r\n8\r\n        \r\n0\r\n\r\n";
+    const AT: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n8\r\n{\"id\":1}\r\n8\r\n        \r\n0\r\n\r\n";
+    for (answer, within) in [(OVER, false), (AT, true)] {
+        let upstream = Scripted::start(vec![Step::Answer(answer)]).await;
+        let dir = Dir::new();
+        webhook(&dir, &upstream.host, "POST");
+        let settings = hookside::config::Settings {
+            max_response_body: 16,
+            ..Default::default()
+        };
+        let hookside = Hookside::with_settings(dir.path(), settings).await;
+        let answer = hookside.invoke("w", json!({"orderId": 1})).await;
+        if within {
+            // 16 bytes: exactly the limit.
+            assert_eq!(
+                (answer.0.as_u16(), &answer.1["variables"]["id"]),
+                (200, &json!(1)),
+                "{}",
+                answer.1
+            );
+        } else {
+            assert_error(&answer, 502, "upstream_invalid_response");
+        }
     }
 }
 

@@ -218,7 +218,11 @@ async fn concurrent_invocations_are_counted_while_in_progress_and_all_answered()
             tokio::spawn(async move { (name, hookside.invoke(name, json!({"orderId": i})).await) })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Wait until the upstream holds the twelve (it answers each after 300 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upstream.seen().len() < 12 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(
         state.upstream.pace.active(),
         12,
