@@ -112,6 +112,15 @@ fn webhook(dir: &Dir, host: &str, method: &str) {
     );
 }
 
+/// A scripted upstream, a webhook `w` to it with `method`, and hookside serving that.
+async fn serve(steps: Vec<Step>, method: &str) -> (Scripted, Dir, Hookside) {
+    let upstream = Scripted::start(steps).await;
+    let dir = Dir::new();
+    webhook(&dir, &upstream.host, method);
+    let hookside = Hookside::start(dir.path()).await;
+    (upstream, dir, hookside)
+}
+
 const OK: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"id\":\"a\"}";
 
@@ -224,10 +233,8 @@ async fn answers_framed_every_way_are_read_whole() {
         ),
     ];
     for ((case, answer, reused), id) in cases.into_iter().zip(["a", "b", "c", "d", "e", "f", "g"]) {
-        let upstream = Scripted::start(vec![Step::Answer(answer), Step::Answer(OK)]).await;
-        let dir = Dir::new();
-        webhook(&dir, &upstream.host, "POST");
-        let hookside = Hookside::start(dir.path()).await;
+        let (upstream, _dir, hookside) =
+            serve(vec![Step::Answer(answer), Step::Answer(OK)], "POST").await;
         let (status, first) = hookside.invoke("w", json!({"orderId": 1})).await;
         assert_eq!(status, 200, "{case}: {first}");
         assert_eq!(first["variables"]["id"], id, "{case}: {first}");
@@ -305,10 +312,8 @@ async fn broken_answers_are_unreachable_and_their_connection_is_dropped() {
         ),
     ];
     for (case, answer) in cases {
-        let upstream = Scripted::start(vec![Step::Answer(answer), Step::Answer(OK)]).await;
-        let dir = Dir::new();
-        webhook(&dir, &upstream.host, "POST");
-        let hookside = Hookside::start(dir.path()).await;
+        let (upstream, _dir, hookside) =
+            serve(vec![Step::Answer(answer), Step::Answer(OK)], "POST").await;
         let broken = hookside.invoke("w", json!({"orderId": 1})).await;
         assert_error(&broken, 502, "upstream_unreachable");
         let message = broken.1["error"]["message"].as_str().unwrap_or_default();
@@ -329,10 +334,7 @@ async fn a_body_cut_short_is_unreachable() {
         "HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{\"id\":",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"id\"\r\n",
     ] {
-        let upstream = Scripted::start(vec![Step::AnswerAndClose(answer)]).await;
-        let dir = Dir::new();
-        webhook(&dir, &upstream.host, "POST");
-        let hookside = Hookside::start(dir.path()).await;
+        let (_upstream, _dir, hookside) = serve(vec![Step::AnswerAndClose(answer)], "POST").await;
         let answer = hookside.invoke("w", json!({"orderId": 1})).await;
         assert_error(&answer, 502, "upstream_unreachable");
         let message = answer.1["error"]["message"].as_str().unwrap_or_default();
@@ -371,13 +373,13 @@ async fn a_chunked_body_that_grows_over_the_limit_is_refused() {
 
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_refused() {
-    let upstream = Scripted::start(vec![Step::Answer(
-        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n8\r\n{\"id\":1}\r\nfffffff\r\n",
-    )])
+    let (_upstream, _dir, hookside) = serve(
+        vec![Step::Answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n8\r\n{\"id\":1}\r\nfffffff\r\n",
+        )],
+        "POST",
+    )
     .await;
-    let dir = Dir::new();
-    webhook(&dir, &upstream.host, "POST");
-    let hookside = Hookside::start(dir.path()).await;
     let answer = hookside.invoke("w", json!({"orderId": 1})).await;
     assert_error(&answer, 502, "upstream_invalid_response");
 }
@@ -387,10 +389,11 @@ async fn a_reused_connection_closed_under_a_request_retries_only_what_may_be_rep
     // The first request is answered; the second arrives on the same, kept connection,
     // which the upstream then closes without answering (a keep-alive race lost).
     for (method, retried) in [("GET", true), ("POST", false)] {
-        let upstream = Scripted::start(vec![Step::Answer(OK), Step::Close, Step::Answer(OK)]).await;
-        let dir = Dir::new();
-        webhook(&dir, &upstream.host, method);
-        let hookside = Hookside::start(dir.path()).await;
+        let (upstream, _dir, hookside) = serve(
+            vec![Step::Answer(OK), Step::Close, Step::Answer(OK)],
+            method,
+        )
+        .await;
         assert_eq!(hookside.invoke("w", json!({"orderId": 1})).await.0, 200);
         let second = hookside.invoke("w", json!({"orderId": 2})).await;
         if retried {
