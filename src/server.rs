@@ -27,6 +27,8 @@ use crate::metrics::{Outcome, WebhookMetrics};
 use crate::pipeline;
 use crate::render::select::Selection;
 
+mod http1;
+
 /// Which API a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
@@ -61,8 +63,11 @@ pub async fn run(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
+    let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(state.settings.max_connections));
     let graceful = GracefulShutdown::new();
+    // Tells connections served by `http1` that shutdown began.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -85,26 +90,42 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
-        let service = service_fn(move |request| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, api, request).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let stopped = stopped.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            // Bot calls are served by `http1` until something else comes; the rest, and
+            // everything on the admin listener, by hyper.
+            let io = match api {
+                Api::Bot => match http1::serve(stream, Arc::clone(&state), stopped).await {
+                    http1::Ended::Closed => return drop(slot),
+                    http1::Ended::Handover(replay) => replay,
+                },
+                Api::Admin => http1::Replay::none(stream),
+            };
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(&state, api, request).await) }
+            });
+            let connection = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
             drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stop.send(true);
+    let drained = async {
+        graceful.shutdown().await;
+        // Every connection holds a slot until it ends.
+        let _ = slots
+            .acquire_many(state.settings.max_connections as u32)
+            .await;
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
     }
 }
@@ -167,42 +188,22 @@ async fn invoke(
     name: &str,
     test: Option<bool>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let snapshot = state.registry.snapshot();
-    let loaded = loaded(&snapshot).map_err(|e| e.for_webhook(name))?;
-    let Some(served) = loaded.webhooks.get(name) else {
-        return Err(unknown(name));
-    };
-    let webhook = Arc::clone(&served.webhook);
-    authorize(state, &request, &webhook.company).map_err(|e| e.for_webhook(name))?;
+    let webhook = callable(state, name, caller_token(request.headers()))?;
     // A bot call builds only what the templates read; Run Webhook keeps it all.
     let whole = Selection::all();
     let selection = match test {
         None => &webhook.reads.conversation,
         Some(_) => &whole,
     };
-    let conversation = read_conversation(request, &state.settings, selection)
+    let body = read_body(request, &state.settings)
         .await
         .map_err(|e| e.for_webhook(name))?;
+    let conversation = parse_conversation(&body, selection).map_err(|e| e.for_webhook(name))?;
     match test {
-        None => {
-            let series = webhook
-                .metrics
-                .get_or_init(|| state.metrics.webhook(&webhook.name, &webhook.company));
-            let _in_flight = series.start();
-            let _active = state.upstream.pace.start();
-            let started = std::time::Instant::now();
-            let invocation = pipeline::invoke(
-                &state.upstream,
-                &webhook,
-                &conversation,
-                state.settings.max_response_body,
-            )
-            .await;
-            let invocation = record(&webhook, series, started.elapsed(), invocation)?;
-            let answer = bytes_response(StatusCode::OK, invocation.to_answer());
-            state.upstream.pace.others_first().await;
-            Ok(answer)
-        }
+        None => Ok(bytes_response(
+            StatusCode::OK,
+            call(state, &webhook, &conversation).await?,
+        )),
         Some(dry_run) => {
             let run = crate::testrun::run(
                 &state.upstream,
@@ -218,6 +219,40 @@ async fn invoke(
             }
         }
     }
+}
+
+/// The webhook `name` if it is serving and the caller who presented `token` may call it.
+fn callable(state: &State, name: &str, token: Option<&str>) -> Result<Arc<Webhook>, ApiError> {
+    let snapshot = state.registry.snapshot();
+    let loaded = loaded(&snapshot).map_err(|e| e.for_webhook(name))?;
+    let served = loaded.webhooks.get(name).ok_or_else(|| unknown(name))?;
+    authorize(state, token, &served.webhook.company).map_err(|e| e.for_webhook(name))?;
+    Ok(Arc::clone(&served.webhook))
+}
+
+/// A bot call of `webhook` with `conversation`: render, call the upstream, map the
+/// variables, count it; the answer as JSON bytes.
+async fn call(
+    state: &State,
+    webhook: &Webhook,
+    conversation: &serde_json::Value,
+) -> Result<Vec<u8>, ApiError> {
+    let series = webhook
+        .metrics
+        .get_or_init(|| state.metrics.webhook(&webhook.name, &webhook.company));
+    let _in_flight = series.start();
+    let _active = state.upstream.pace.start();
+    let started = std::time::Instant::now();
+    let invocation = pipeline::invoke(
+        &state.upstream,
+        webhook,
+        conversation,
+        state.settings.max_response_body,
+    )
+    .await;
+    let answer = record(webhook, series, started.elapsed(), invocation)?.to_answer();
+    state.upstream.pace.others_first().await;
+    Ok(answer)
 }
 
 /// Logs an invocation and counts it, together.
@@ -264,46 +299,46 @@ fn unknown(name: &str) -> ApiError {
     .for_webhook(name)
 }
 
-/// Reads the conversation object within the body limit (declared or streamed), all of it
-/// validated, the `selection` kept.
-async fn read_conversation(
+/// 413: a body over `limit` bytes.
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
+/// 408: the body did not arrive within `timeout`.
+fn body_timeout(timeout: Duration) -> ApiError {
+    ApiError::new(
+        ErrorKind::RequestTimeout,
+        format!("the request body did not arrive within {timeout:?}"),
+    )
+}
+
+/// Reads the body within the limit (declared or streamed) and the body timeout.
+async fn read_body(
     request: Request<Incoming>,
     settings: &crate::config::Settings,
-    selection: &Selection,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<Bytes, ApiError> {
     let limit = settings.max_request_body;
-    let too_large = || {
-        ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("the request body is over the limit of {limit} bytes"),
-        )
-    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     let collected = tokio::time::timeout(
         settings.request_body_timeout,
         Limited::new(request.into_body(), limit).collect(),
     )
     .await
-    .map_err(|_| {
-        ApiError::new(
-            ErrorKind::RequestTimeout,
-            format!(
-                "the request body did not arrive within {:?}",
-                settings.request_body_timeout
-            ),
-        )
-    })?;
-    let body = collected
+    .map_err(|_| body_timeout(settings.request_body_timeout))?;
+    Ok(collected
         .map_err(|err| {
             if err.is::<http_body_util::LengthLimitError>() {
-                too_large()
+                too_large(limit)
             } else {
                 ApiError::new(
                     ErrorKind::BadRequest,
@@ -311,7 +346,12 @@ async fn read_conversation(
                 )
             }
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// The conversation object in `body`, all of it validated, the `selection` kept. An empty
+/// body is an empty conversation.
+fn parse_conversation(body: &[u8], selection: &Selection) -> Result<serde_json::Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Value::Object(serde_json::Map::new()));
     }
@@ -321,7 +361,7 @@ async fn read_conversation(
             format!("the body is not valid JSON: {err}"),
         )
     };
-    let text = std::str::from_utf8(&body).map_err(|err| not_json(&err))?;
+    let text = std::str::from_utf8(body).map_err(|err| not_json(&err))?;
     match selection.parse(text) {
         Ok(value @ serde_json::Value::Object(_)) => Ok(value),
         Ok(_) => Err(ApiError::new(
@@ -333,13 +373,19 @@ async fn read_conversation(
 }
 
 /// The bearer token a caller presented, if any.
-fn caller_token(request: &Request<Incoming>) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+fn caller_token(headers: &http::HeaderMap) -> Option<&str> {
+    bearer(headers.get(header::AUTHORIZATION)?.as_bytes())
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value (visible ASCII only).
+fn bearer(value: &[u8]) -> Option<&str> {
+    if !value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        return None;
+    }
+    let (scheme, token) = std::str::from_utf8(value).ok()?.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
@@ -347,9 +393,8 @@ fn caller_token(request: &Request<Incoming>) -> Option<&str> {
 /// sees and calls only their webhooks (403 for any other); a caller without a known token
 /// calls the webhooks of companies that have no tokens, gets 401 (no token) or 403 (a token
 /// that is not theirs) for the others.
-fn authorize(state: &State, request: &Request<Incoming>, company: &str) -> Result<(), ApiError> {
+fn authorize(state: &State, presented: Option<&str>, company: &str) -> Result<(), ApiError> {
     let companies = &state.settings.companies;
-    let presented = caller_token(request);
     let owned_by = |name: &str| {
         presented.is_some_and(|token| {
             companies.get(name).is_some_and(|c| {
@@ -389,7 +434,7 @@ fn authorize(state: &State, request: &Request<Incoming>, company: &str) -> Resul
 
 /// Whether a caller may see a company's webhooks in listings.
 fn visible(state: &State, request: &Request<Incoming>, company: &str) -> bool {
-    authorize(state, request, company).is_ok()
+    authorize(state, caller_token(request.headers()), company).is_ok()
 }
 
 /// Compares in time independent of where the inputs differ.
@@ -424,7 +469,12 @@ fn describe(
     let snapshot = state.registry.snapshot();
     let loaded = loaded(&snapshot).map_err(|e| e.for_webhook(name))?;
     let served = loaded.webhooks.get(name).ok_or_else(|| unknown(name))?;
-    authorize(state, request, &served.webhook.company).map_err(|e| e.for_webhook(name))?;
+    authorize(
+        state,
+        caller_token(request.headers()),
+        &served.webhook.company,
+    )
+    .map_err(|e| e.for_webhook(name))?;
     let mut body = entry(served);
     if let Some(object) = body.as_object_mut() {
         let definition =

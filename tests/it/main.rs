@@ -2,6 +2,7 @@
 //! each test, real files in temp directories, and the real binary for CLI tests.
 
 mod adversarial;
+mod bot;
 mod cli;
 mod errors;
 mod files;

@@ -313,6 +313,11 @@ impl Hookside {
         }
     }
 
+    /// Begins shutdown, as SIGTERM does.
+    pub fn shut_down(&self) {
+        let _ = self.stop.send(true);
+    }
+
     /// Invokes a webhook with a conversation.
     pub async fn invoke(&self, name: &str, conversation: Value) -> (StatusCode, Value) {
         let (status, _, body) = send(

@@ -1,0 +1,362 @@
+//! Bot calls over HTTP/1.1 on the connection's own task.
+//!
+//! A bot posts `POST /v1/webhooks/NAME` with a `Content-Length` body, again and again over
+//! one keep-alive connection. This module serves exactly that: it parses the request head
+//! with `httparse` (the parser hyper uses) into a few slices of its read buffer, reads the
+//! body, calls the webhook and writes the answer in one write. No header map, no request
+//! or response object, no connection state machine in between: it took about a sixth of
+//! the instructions of a bot call off (BENCHMARKS.md).
+//!
+//! Anything else (another path or method, HTTP/1.0, HTTP/2, chunked bodies, `Expect`,
+//! `Upgrade`, a head that is malformed or over the limits) is handed to hyper together
+//! with the bytes already read, and hyper serves the connection from then on. Both answer
+//! the same things the same way: routing and errors are the same functions.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::app::State;
+use crate::error::ApiError;
+
+/// The largest request head served here (hyper's limit for the rest is the same).
+const MAX_HEAD: usize = 64 * 1024;
+/// Header fields parsed here; a request with more goes to hyper (which takes 100).
+const MAX_FIELDS: usize = 32;
+/// What the read buffer starts with, and what it shrinks back to after a large body.
+const BUFFER: usize = 4 * 1024;
+
+/// How a connection served here ended.
+pub(super) enum Ended {
+    /// It is closed (or to be dropped).
+    Closed,
+    /// hyper serves the rest: the stream and the bytes read from it but not served.
+    Handover(Replay),
+}
+
+/// What the head of a bot call said, as offsets into the read buffer.
+struct Head {
+    /// Length of the head, blank line included.
+    len: usize,
+    /// The webhook's name.
+    name: (usize, usize),
+    /// The `Authorization` value, if any.
+    authorization: Option<(usize, usize)>,
+    /// The declared body length.
+    body: u64,
+    /// Whether the client asked to close after this request.
+    close: bool,
+}
+
+/// Serves bot calls on `stream` until it closes, `stop` turns true while it is idle, or a
+/// request comes that hyper must serve.
+pub(super) async fn serve(
+    mut stream: TcpStream,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) -> Ended {
+    let settings = &state.settings;
+    let mut buffer: Vec<u8> = Vec::with_capacity(BUFFER);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        // The head, within the header read timeout (idle time included, as with hyper).
+        let deadline = Instant::now() + settings.header_read_timeout;
+        let head = loop {
+            match parse_head(&buffer) {
+                Parsed::Call(head) => break head,
+                Parsed::Partial if buffer.len() < MAX_HEAD => {}
+                Parsed::Partial | Parsed::Other => return handover(stream, buffer),
+            }
+            let read = if buffer.is_empty() {
+                if *stop.borrow() {
+                    return Ended::Closed;
+                }
+                tokio::select! {
+                    read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)) => read,
+                    _ = stop.changed() => return Ended::Closed,
+                }
+            } else {
+                tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buffer)).await
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Ended::Closed,
+            }
+        };
+
+        let token = head
+            .authorization
+            .and_then(|(start, end)| super::bearer(&buffer[start..end]));
+        let webhook = super::callable(&state, text(&buffer, head.name), token);
+        let limit = settings.max_request_body;
+        let whole = head.len as u64 + head.body;
+        // Read the body unless the call is already refused; an unread body that has not
+        // all arrived closes the connection after the answer.
+        let outcome = match webhook {
+            Err(err) => Err(err),
+            Ok(_) if head.body > limit as u64 => Err(super::too_large(limit)),
+            Ok(webhook) => {
+                let deadline = Instant::now() + settings.request_body_timeout;
+                let mut cut = false;
+                while (buffer.len() as u64) < whole {
+                    match tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buffer))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return Ended::Closed,
+                        Err(_) => {
+                            cut = true;
+                            break;
+                        }
+                    }
+                }
+                if cut {
+                    Err(super::body_timeout(settings.request_body_timeout))
+                } else {
+                    let body = &buffer[head.len..whole as usize];
+                    match super::parse_conversation(body, &webhook.reads.conversation) {
+                        Ok(conversation) => super::call(&state, &webhook, &conversation).await,
+                        Err(err) => Err(err),
+                    }
+                }
+            }
+        };
+        let outcome = outcome.map_err(|err| err.for_webhook(text(&buffer, head.name)));
+        let read_all = buffer.len() as u64 >= whole;
+        let close = head.close || !read_all || *stop.borrow();
+        out.clear();
+        encode(&mut out, outcome, close);
+        if stream.write_all(&out).await.is_err() || close {
+            let _ = stream.shutdown().await;
+            return Ended::Closed;
+        }
+        // Pipelined requests stay for the next turn.
+        buffer.drain(..whole as usize);
+        if buffer.is_empty() && buffer.capacity() > MAX_HEAD {
+            buffer = Vec::with_capacity(BUFFER);
+        }
+        if out.capacity() > MAX_HEAD {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Reads into `buffer`, growing it when full.
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<usize> {
+    if buffer.len() == buffer.capacity() {
+        buffer.reserve(BUFFER);
+    }
+    stream.read_buf(buffer).await
+}
+
+fn text(buffer: &[u8], (start, end): (usize, usize)) -> &str {
+    // The name was checked to be ASCII.
+    std::str::from_utf8(&buffer[start..end]).unwrap_or_default()
+}
+
+fn handover(stream: TcpStream, buffer: Vec<u8>) -> Ended {
+    Ended::Handover(Replay {
+        before: Bytes::from(buffer),
+        stream,
+    })
+}
+
+/// What the bytes so far hold.
+enum Parsed {
+    /// A complete head of a bot call served here.
+    Call(Head),
+    /// Not yet a complete head.
+    Partial,
+    /// Something for hyper.
+    Other,
+}
+
+fn parse_head(buffer: &[u8]) -> Parsed {
+    if buffer.is_empty() {
+        return Parsed::Partial;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    let len = match request.parse(buffer) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    if request.version != Some(1) || request.method != Some("POST") {
+        return Parsed::Other;
+    }
+    let Some(name) = request
+        .path
+        .and_then(|path| path.strip_prefix("/v1/webhooks/"))
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        })
+    else {
+        return Parsed::Other;
+    };
+    let offsets = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buffer.as_ptr() as usize;
+        (start, start + part.len())
+    };
+    let mut head = Head {
+        len,
+        name: offsets(name.as_bytes()),
+        authorization: None,
+        body: 0,
+        close: false,
+    };
+    let mut length = None;
+    for field in request.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let digits = field.value.trim_ascii();
+            let parsed = std::str::from_utf8(digits)
+                .ok()
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u64>().ok());
+            match (parsed, length) {
+                (Some(value), None) => length = Some(value),
+                // Two lengths or a bad one: hyper answers 400.
+                _ => return Parsed::Other,
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            if head.authorization.is_none() {
+                head.authorization = Some(offsets(field.value));
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            let value = field.value;
+            if value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                head.close = true;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return Parsed::Other;
+        }
+    }
+    head.body = length.unwrap_or(0);
+    Parsed::Call(head)
+}
+
+/// Writes the whole answer: status line, headers, JSON body.
+fn encode(out: &mut Vec<u8>, outcome: Result<Vec<u8>, ApiError>, close: bool) {
+    let (status, body) = match outcome {
+        Ok(body) => (StatusCode::OK, body),
+        Err(err) => (
+            err.kind.status(),
+            serde_json::to_vec(&err.body()).unwrap_or_default(),
+        ),
+    };
+    out.reserve(body.len() + 160);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    date(out);
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+}
+
+/// The `Date` value, formatted once a second per thread.
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != second || text.is_empty() {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// A stream whose first reads return bytes already read from it.
+pub(super) struct Replay {
+    before: Bytes,
+    stream: TcpStream,
+}
+
+impl Replay {
+    /// `stream` with nothing read from it yet.
+    pub(super) fn none(stream: TcpStream) -> Replay {
+        Replay {
+            before: Bytes::new(),
+            stream,
+        }
+    }
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.before.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.before.len().min(buf.remaining());
+        buf.put_slice(&this.before[..n]);
+        this.before.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
