@@ -12,6 +12,7 @@
 //! with the bytes already read, and hyper serves the connection from then on. Both answer
 //! the same things the same way: routing and errors are the same functions.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::app::State;
 use crate::error::ApiError;
@@ -67,9 +68,10 @@ pub(super) async fn serve(
     let settings = &state.settings;
     let mut buffer: Vec<u8> = Vec::with_capacity(BUFFER);
     let mut out: Vec<u8> = Vec::new();
+    let mut deadline = Deadline::new(Instant::now() + settings.header_read_timeout);
     loop {
         // The head, within the header read timeout (idle time included, as with hyper).
-        let deadline = Instant::now() + settings.header_read_timeout;
+        deadline.set(Instant::now() + settings.header_read_timeout);
         let head = loop {
             match parse_head(&buffer) {
                 Parsed::Call(head) => break head,
@@ -81,14 +83,14 @@ pub(super) async fn serve(
                     return Ended::Closed;
                 }
                 tokio::select! {
-                    read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)) => read,
+                    read = deadline.within(stream.read_buf(&mut buffer)) => read,
                     _ = stop.changed() => return Ended::Closed,
                 }
             } else {
-                tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buffer)).await
+                deadline.within(read_more(&mut stream, &mut buffer)).await
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
+                Some(Ok(n)) if n > 0 => {}
                 _ => return Ended::Closed,
             }
         };
@@ -105,15 +107,13 @@ pub(super) async fn serve(
             Err(err) => Err(err),
             Ok(_) if head.body > limit as u64 => Err(super::too_large(limit)),
             Ok(webhook) => {
-                let deadline = Instant::now() + settings.request_body_timeout;
+                deadline.set(Instant::now() + settings.request_body_timeout);
                 let mut cut = false;
                 while (buffer.len() as u64) < whole {
-                    match tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buffer))
-                        .await
-                    {
-                        Ok(Ok(n)) if n > 0 => {}
-                        Ok(_) => return Ended::Closed,
-                        Err(_) => {
+                    match deadline.within(read_more(&mut stream, &mut buffer)).await {
+                        Some(Ok(n)) if n > 0 => {}
+                        Some(_) => return Ended::Closed,
+                        None => {
                             cut = true;
                             break;
                         }
@@ -146,6 +146,49 @@ pub(super) async fn serve(
         }
         if out.capacity() > MAX_HEAD {
             out = Vec::new();
+        }
+    }
+}
+
+/// The connection's one timer, for the header and the body timeouts. Moving the deadline
+/// later only writes it down, and the timer is set again when it fires early: a request
+/// registers no timer of its own (the timer of a busy connection fires about once per
+/// timeout).
+struct Deadline {
+    at: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    fn new(at: Instant) -> Deadline {
+        Deadline {
+            at,
+            timer: Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+
+    fn set(&mut self, at: Instant) {
+        self.at = at;
+        if self.timer.deadline() > at {
+            self.timer.as_mut().reset(at);
+        }
+    }
+
+    /// `work`'s output, or `None` if the deadline passes first.
+    async fn within<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return Some(done),
+                () = &mut self.timer => {
+                    if Instant::now() >= self.at {
+                        return None;
+                    }
+                    let at = self.at;
+                    self.timer.as_mut().reset(at);
+                }
+            }
         }
     }
 }
