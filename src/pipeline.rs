@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use serde::Serialize;
 
 use crate::config::{Body, Webhook};
@@ -15,6 +15,14 @@ use crate::mapping::Outcome;
 use crate::render::select::Selection;
 use crate::render::{self, Answer, Scope};
 use crate::upstream::Upstream;
+
+/// `Content-Type` of a `[body]` table.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// `Content-Type` of a text body.
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+/// `User-Agent` unless a webhook sets one.
+const AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("hookside/", env!("CARGO_PKG_VERSION")));
 
 /// The request as rendered, ready to send, with a copy safe to show.
 #[derive(Debug)]
@@ -155,7 +163,7 @@ pub fn render_request(
             } else {
                 serde_json::Value::Null
             };
-            (Bytes::from(bytes), shown, Some("application/json"))
+            (Bytes::from(bytes), shown, Some(JSON))
         }
         Body::Text(template) => {
             let text = template
@@ -167,22 +175,24 @@ pub fn render_request(
             } else {
                 serde_json::Value::Null
             };
-            (Bytes::from(text), shown, Some("text/plain; charset=utf-8"))
+            (Bytes::from(text), shown, Some(TEXT))
         }
     };
+    // The map holds the webhook's headers and `Authorization`: look in the short list.
+    let declared = |wanted: &HeaderName| webhook.headers.iter().any(|(name, _)| name == wanted);
     if let Some(content_type) = content_type
-        && !headers.contains_key(CONTENT_TYPE)
+        && !declared(&CONTENT_TYPE)
     {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if show {
-            shown_headers.push(("content-type".into(), content_type.into()));
+            shown_headers.push((
+                "content-type".into(),
+                content_type.to_str().unwrap_or_default().into(),
+            ));
         }
+        headers.insert(CONTENT_TYPE, content_type);
     }
-    if !headers.contains_key(USER_AGENT) {
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("hookside/", env!("CARGO_PKG_VERSION"))),
-        );
+    if !declared(&USER_AGENT) {
+        headers.insert(USER_AGENT, AGENT);
     }
     let shown = if show {
         let shown_url = if query_has_secret {
@@ -293,7 +303,13 @@ pub async fn call_and_map(
         return Err(ApiError::new(ErrorKind::DestinationDenied, message).for_webhook(&webhook.name));
     }
     let answer = upstream
-        .call(&webhook.pool, request, webhook.timeout, max_response_body)
+        .call(
+            &webhook.pool,
+            request,
+            webhook.timeout,
+            max_response_body,
+            webhook.reads.headers,
+        )
         .await
         .map_err(|err| ApiError::from(err).for_webhook(&webhook.name))?;
     let status = answer.status.as_u16();

@@ -44,6 +44,8 @@ pub struct Reads {
     pub context: bool,
     /// Whether one reads `webhook` (`webhook.name`, `webhook.company`).
     pub identity: bool,
+    /// Whether a mapping reads the answer's `headers`.
+    pub headers: bool,
 }
 
 impl Default for Reads {
@@ -53,6 +55,7 @@ impl Default for Reads {
             response: Selection::nothing(),
             context: false,
             identity: false,
+            headers: false,
         }
     }
 }
@@ -72,7 +75,8 @@ impl Reads {
         match (lookup.root.as_str(), phase) {
             ("context", _) => self.context = true,
             ("webhook", _) => self.identity = true,
-            ("status" | "headers", Phase::Mapping) => {}
+            ("status", Phase::Mapping) => {}
+            ("headers", Phase::Mapping) => self.headers = true,
             ("response", Phase::Mapping) => self.response.add(&lookup.steps),
             (root, _) => self.conversation.add_under(root, &lookup.steps),
         }
@@ -85,6 +89,7 @@ impl Reads {
         self.identity = true;
         if phase == Phase::Mapping {
             self.response = Selection::all();
+            self.headers = true;
         }
     }
 }
@@ -390,14 +395,20 @@ mod tests {
                 .expect("parses"),
             json!({"sessionId": "s"})
         );
-        assert!(!reads.context && !reads.identity);
+        assert!(!reads.context && !reads.identity && !reads.headers);
         let fixed = self::reads(&["context.region", "webhook.name"], Phase::Request);
         assert!(fixed.context && fixed.identity);
         reads.jinja(Phase::Request);
         assert!(reads.conversation.is_all() && !reads.response.is_all());
         assert!(reads.context && reads.identity);
+        assert!(!reads.headers);
         reads.jinja(Phase::Mapping);
-        assert!(reads.response.is_all());
+        assert!(reads.response.is_all() && reads.headers);
+        let looked = self::reads(&["headers['x-total']"], Phase::Mapping);
+        assert!(looked.headers && !looked.response.is_all());
+        // In a request template, `headers` is a key of the conversation.
+        let conversation = self::reads(&["headers.x"], Phase::Request);
+        assert!(!conversation.headers && !conversation.conversation.is_all());
     }
 
     #[test]

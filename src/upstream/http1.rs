@@ -15,12 +15,13 @@
 //! to close it.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
@@ -79,7 +80,15 @@ struct Head {
     status: StatusCode,
     /// `true` for HTTP/1.1, `false` for HTTP/1.0.
     http11: bool,
+    /// The fields, when the caller keeps them (else empty).
     headers: HeaderMap,
+    /// Whether the last `Transfer-Encoding` field ends with `chunked`, if there is one.
+    chunked: Option<bool>,
+    /// The `Content-Length`, if there is one (an error if it is not one number).
+    length: Result<Option<u64>, &'static str>,
+    /// `Connection` tokens.
+    close: bool,
+    keep_alive: bool,
 }
 
 impl Conn {
@@ -111,24 +120,25 @@ impl Conn {
     }
 
     /// Sends `request` (`host` unless it has a `Host` header) and reads the whole answer,
-    /// refusing a body over `limit` bytes. Also says whether the connection can take
-    /// another request.
+    /// refusing a body over `limit` bytes, its header fields kept only if `headers`. Also
+    /// says whether the connection can take another request.
     pub(super) async fn exchange(
         &mut self,
         request: &Request<Bytes>,
         host: &HeaderValue,
         limit: usize,
+        headers: bool,
     ) -> Result<(Answer, bool), Failure> {
         self.encode(request, host);
         self.send().await?;
         let retryable = request.method().is_idempotent();
-        let head = self.read_head(retryable).await?;
+        let head = self.read_head(retryable, headers).await?;
         let framing = framing(request.method(), &head)?;
         let body = self.read_body(framing, limit).await?;
         let reusable = framing != Framing::Close
             && keep_alive(&head)
-            && !(head.headers.contains_key(TRANSFER_ENCODING)
-                && head.headers.contains_key(CONTENT_LENGTH))
+            // Never after an answer with both a chunked coding and a length.
+            && (head.chunked.is_none() || matches!(head.length, Ok(None)))
             && self.read.is_empty();
         // A large body's allocation would stay with the idle connection (the empty rest of
         // the read buffer shares it), as would a large request's: start small again.
@@ -210,12 +220,12 @@ impl Conn {
     /// Reads and parses the final response head, skipping interim (1xx) ones. With
     /// `retryable`, an end of the connection before any byte arrived is
     /// [`Failure::NotTaken`].
-    async fn read_head(&mut self, retryable: bool) -> Result<Head, Failure> {
+    async fn read_head(&mut self, retryable: bool, headers: bool) -> Result<Head, Failure> {
         let mut received = false;
         loop {
             if !self.read.is_empty() {
                 received = true;
-                if let Some(head) = self.parse_head()? {
+                if let Some(head) = self.parse_head(headers)? {
                     if head.status.is_informational() {
                         if head.status == StatusCode::SWITCHING_PROTOCOLS {
                             return Err(invalid("101 Switching Protocols, which was not asked"));
@@ -241,13 +251,19 @@ impl Conn {
         }
     }
 
-    /// Parses a head from `read` (consuming it) if a whole one is there.
-    fn parse_head(&mut self) -> Result<Option<Head>, Failure> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
+    /// Parses a head from `read` (consuming it) if a whole one is there, keeping its
+    /// fields in a map if `keep`.
+    fn parse_head(&mut self, keep: bool) -> Result<Option<Head>, Failure> {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
         // Never more than the limit is parsed (a head is parsed again after each read).
         let window = &self.read[..self.read.len().min(MAX_HEAD)];
-        let length = match response.parse(window) {
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            window,
+            &mut fields,
+        );
+        let length = match parsed {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(err) => {
@@ -260,20 +276,27 @@ impl Conn {
             .code
             .and_then(|code| StatusCode::from_u16(code).ok())
             .ok_or_else(|| invalid("the status code is not valid"))?;
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
-        for field in response.headers.iter() {
-            // httparse checked the characters; `http` checks them again.
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| invalid(&format!("the header name {:?} is not valid", field.name)))?;
-            let value = HeaderValue::from_bytes(field.value)
-                .map_err(|_| invalid(&format!("the value of {name} is not valid")))?;
-            headers.append(name, value);
-        }
-        let head = Head {
+        let mut head = Head {
             status,
             http11: response.version == Some(1),
-            headers,
+            headers: HeaderMap::new(),
+            chunked: None,
+            length: Ok(None),
+            close: false,
+            keep_alive: false,
         };
+        for field in response.headers.iter() {
+            head.note(field);
+            if keep {
+                // httparse checked the characters; `http` checks them again.
+                let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
+                    invalid(&format!("the header name {:?} is not valid", field.name))
+                })?;
+                let value = HeaderValue::from_bytes(field.value)
+                    .map_err(|_| invalid(&format!("the value of {name} is not valid")))?;
+                head.headers.append(name, value);
+            }
+        }
         self.read.advance(length);
         Ok(Some(head))
     }
@@ -371,6 +394,39 @@ impl Conn {
     }
 }
 
+impl Head {
+    /// Notes what framing and keep-alive need of one field.
+    fn note(&mut self, field: &httparse::Header<'_>) {
+        let tokens = || field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+        if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = tokens().next_back().unwrap_or_default();
+            self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if field.name.eq_ignore_ascii_case("content-length") {
+            for part in tokens() {
+                let Ok(known) = self.length else { return };
+                let parsed = std::str::from_utf8(part)
+                    .ok()
+                    .filter(|digits| {
+                        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .and_then(|digits| digits.parse::<u64>().ok());
+                self.length = match (parsed, known) {
+                    (None, _) => Err("Content-Length is not a number"),
+                    (Some(parsed), Some(known)) if known != parsed => {
+                        Err("Content-Length has different values")
+                    }
+                    (Some(parsed), _) => Ok(Some(parsed)),
+                };
+            }
+        } else if field.name.eq_ignore_ascii_case("connection") {
+            for token in tokens() {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+}
+
 /// How the body of an answer to `method` with `head` is delimited (RFC 9112, 6.3).
 fn framing(method: &Method, head: &Head) -> Result<Framing, Failure> {
     if *method == Method::HEAD
@@ -379,49 +435,25 @@ fn framing(method: &Method, head: &Head) -> Result<Framing, Failure> {
     {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = head.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if let Some(chunked) = head.chunked {
         return Ok(if chunked && head.http11 {
             Framing::Chunked
         } else {
             Framing::Close
         });
     }
-    let mut length = None;
-    for value in head.headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let parsed = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|digits| digits.parse::<u64>().ok())
-                .ok_or_else(|| invalid("Content-Length is not a number"))?;
-            if length.is_some_and(|known| known != parsed) {
-                return Err(invalid("Content-Length has different values"));
-            }
-            length = Some(parsed);
-        }
+    match head.length {
+        Ok(length) => Ok(length.map_or(Framing::Close, Framing::Length)),
+        Err(message) => Err(invalid(message)),
     }
-    Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
 /// Whether the upstream lets the connection stay open after this answer.
 fn keep_alive(head: &Head) -> bool {
-    let has = |token: &[u8]| {
-        head.headers.get_all(CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
     if head.http11 {
-        !has(b"close")
+        !head.close
     } else {
-        has(b"keep-alive")
+        head.keep_alive
     }
 }
 

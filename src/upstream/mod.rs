@@ -72,7 +72,7 @@ impl std::fmt::Debug for Upstream {
 pub struct Answer {
     /// The HTTP status.
     pub status: StatusCode,
-    /// The response headers.
+    /// The response headers (over HTTP/1, only when the call asked to keep them).
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
@@ -236,16 +236,19 @@ impl Upstream {
     }
 
     /// Sends `request` (of the pool's origin) and reads the whole answer
-    /// within `timeout`, refusing a body over `limit` bytes (declared or streamed).
+    /// within `timeout`, refusing a body over `limit` bytes (declared or streamed). The
+    /// answer's header fields are kept if `headers` (a mapping reads them); else they may
+    /// be left out.
     pub async fn call(
         &self,
         pool: &Pool,
         request: Request<Bytes>,
         timeout: Duration,
         limit: usize,
+        headers: bool,
     ) -> Result<Answer, CallError> {
         self.pace.others_first().await;
-        tokio::time::timeout(timeout, pool.call(&request, limit))
+        tokio::time::timeout(timeout, pool.call(&request, limit, headers))
             .await
             .unwrap_or(Err(CallError::Timeout(timeout)))
     }

@@ -108,12 +108,13 @@ impl Pool {
     }
 
     /// Sends `request` (of this origin) and reads the whole answer, refusing a body over
-    /// `limit` bytes. A request that an idle connection could not take (the upstream had
+    /// `limit` bytes; HTTP/1 header fields are kept only if `headers`. A request that an idle connection could not take (the upstream had
     /// closed it) goes on another one; one that a new connection could not take fails.
     pub(super) async fn call(
         &self,
         request: &Request<Bytes>,
         limit: usize,
+        headers: bool,
     ) -> Result<Answer, CallError> {
         loop {
             let (taken, reused) = match self.take() {
@@ -121,16 +122,18 @@ impl Pool {
                 None => (self.connect().await?, false),
             };
             let not_taken = match taken {
-                Taken::Http1(mut conn) => match conn.exchange(request, &self.host, limit).await {
-                    Ok((answer, reusable)) => {
-                        if reusable {
-                            self.give_back(conn);
+                Taken::Http1(mut conn) => {
+                    match conn.exchange(request, &self.host, limit, headers).await {
+                        Ok((answer, reusable)) => {
+                            if reusable {
+                                self.give_back(conn);
+                            }
+                            return Ok(answer);
                         }
-                        return Ok(answer);
+                        Err(Failure::Failed(err)) => return Err(err),
+                        Err(Failure::NotTaken(reason)) => reason,
                     }
-                    Err(Failure::Failed(err)) => return Err(err),
-                    Err(Failure::NotTaken(reason)) => reason,
-                },
+                }
                 Taken::Http2(sender) => match self.call_http2(sender, request, limit).await {
                     Some(result) => return result,
                     None => "the HTTP/2 connection is closing".to_owned(),

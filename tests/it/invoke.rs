@@ -438,3 +438,49 @@ async fn plain_lookups_parse_only_what_they_read_yet_validate_everything() {
     .await;
     crate::util::assert_error(&(status, crate::util::parse(&body)), 400, "bad_request");
 }
+
+#[tokio::test]
+async fn variables_read_the_answers_headers_only_where_a_mapping_asks() {
+    let mut reply = Reply::json(200, json!({"id": 7}));
+    reply.headers.push(("x-total".into(), "42".into()));
+    reply.headers.push(("X-Page".into(), "3".into()));
+    let upstream = Upstream::fixed(reply).await;
+    let dir = Dir::new();
+    dir.file(
+        "plain.toml",
+        &webhook(
+            &upstream,
+            "[variables]\ntotal = \"headers['x-total']\"\nid = \"response.id\"\n",
+        ),
+    );
+    dir.file(
+        "jinja.toml",
+        &webhook(
+            &upstream,
+            "[variables]\nnext = \"(headers['x-page'] | int) + 1\"\ncount = \"headers | length >= 2\"\n",
+        ),
+    );
+    dir.file(
+        "body.toml",
+        &webhook(&upstream, "[variables]\nid = \"$.id\"\n"),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let conversation = json!({"extractedData": {"id": 1}});
+
+    let (status, answer) = hookside.invoke("plain", conversation.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["variables"], json!({"total": "42", "id": 7}));
+    assert_eq!(answer["missing"], json!([]));
+
+    let (_, answer) = hookside.invoke("jinja", conversation.clone()).await;
+    assert_eq!(
+        answer["variables"],
+        json!({"next": 4, "count": true}),
+        "{answer}"
+    );
+
+    // Its answer's fields are not kept; framing still reads them (the body is whole).
+    let (_, answer) = hookside.invoke("body", conversation).await;
+    assert_eq!(answer["variables"], json!({"id": 7}));
+    assert_eq!(answer["response"], json!({"id": 7}));
+}
