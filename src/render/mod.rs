@@ -284,25 +284,36 @@ impl TextTemplate {
 
     /// Renders with `scope`.
     pub fn render(&self, scope: &Scope<'_>) -> Result<Rendered, String> {
-        let mut value = String::new();
+        // Literals and a guess for the rest: most values are written without growing.
+        let size = self
+            .parts
+            .iter()
+            .map(|part| match part {
+                TextPart::Literal(text) => text.len(),
+                _ => 24,
+            })
+            .sum();
+        let mut value = String::with_capacity(size);
         let mut redacted: Option<String> = None;
-        let mut scratch = String::new();
+        let mut plain = String::new();
         for part in &self.parts {
-            let text: &str = match part {
-                TextPart::Literal(text) => text,
+            let start = value.len();
+            match part {
+                TextPart::Literal(text) => value.push_str(text),
                 TextPart::Lookup(lookup) => {
                     let (root, trusted) = scope.root(&lookup.root);
                     let found = lookup.follow(root);
-                    let mut plain = String::new();
-                    lookup::write_text(&mut plain, found.as_deref());
-                    scratch.clear();
-                    escape_into(&mut scratch, &plain, self.mode, trusted);
-                    &scratch
+                    let text = match found.as_deref() {
+                        Some(Json::String(text)) => text,
+                        other => {
+                            plain.clear();
+                            lookup::write_text(&mut plain, other);
+                            &plain
+                        }
+                    };
+                    escape_into(&mut value, text, self.mode, trusted);
                 }
-                TextPart::Jinja(template) => {
-                    scratch = template.render(scope.jinja())?;
-                    &scratch
-                }
+                TextPart::Jinja(template) => value.push_str(&template.render(scope.jinja())?),
                 TextPart::Secret(secret) => {
                     redacted
                         .get_or_insert_with(|| value.clone())
@@ -310,10 +321,9 @@ impl TextTemplate {
                     value.push_str(&secret.value);
                     continue;
                 }
-            };
-            value.push_str(text);
+            }
             if let Some(shown) = redacted.as_mut() {
-                shown.push_str(text);
+                shown.push_str(&value[start..]);
             }
         }
         Ok(Rendered { value, redacted })

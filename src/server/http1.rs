@@ -108,7 +108,10 @@ pub(super) async fn serve(
             Err(err) => Err(err),
             Ok(_) if head.body > limit as u64 => Err(super::too_large(limit)),
             Ok(webhook) => {
-                deadline.set(Instant::now() + settings.request_body_timeout);
+                // Mostly the body came with the head: no clock read then.
+                if (buffer.len() as u64) < whole {
+                    deadline.set(Instant::now() + settings.request_body_timeout);
+                }
                 let mut cut = false;
                 while (buffer.len() as u64) < whole {
                     match deadline.within(read_more(&mut stream, &mut buffer)).await {
