@@ -316,7 +316,7 @@ fn encode(out: &mut Vec<u8>, outcome: Result<Vec<u8>, ApiError>, close: bool) {
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\ndate: ");
     date(out);
     if close {
