@@ -342,3 +342,28 @@ async fn shutdown_closes_idle_connections_and_lets_a_call_in_progress_finish() {
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(busy.closed().await);
 }
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_too() {
+    let (upstream, _dir, hookside) = start().await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    for id in ["h2-a", "h2-b"] {
+        let body = json!({ "extractedData": { "id": id } }).to_string();
+        let request = http::Request::post(format!("http://{}/v1/webhooks/w", hookside.bot))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("request");
+        let response = client.request(request).await.expect("answered");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let answer: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(answer["variables"]["path"], format!("/orders/{id}"));
+    }
+    assert_eq!(upstream.seen().len(), 2);
+}
