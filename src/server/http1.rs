@@ -268,12 +268,7 @@ fn parse_head(buffer: &[u8]) -> Parsed {
     for field in request.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let digits = field.value.trim_ascii();
-            let parsed = std::str::from_utf8(digits)
-                .ok()
-                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|d| d.parse::<u64>().ok());
-            match (parsed, length) {
+            match (crate::upstream::decimal(field.value.trim_ascii()), length) {
                 (Some(value), None) => length = Some(value),
                 // Two lengths or a bad one: hyper answers 400.
                 _ => return Parsed::Other,

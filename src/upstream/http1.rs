@@ -404,13 +404,7 @@ impl Head {
         } else if field.name.eq_ignore_ascii_case("content-length") {
             for part in tokens() {
                 let Ok(known) = self.length else { return };
-                let parsed = std::str::from_utf8(part)
-                    .ok()
-                    .filter(|digits| {
-                        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-                    })
-                    .and_then(|digits| digits.parse::<u64>().ok());
-                self.length = match (parsed, known) {
+                self.length = match (decimal(part), known) {
                     (None, _) => Err("Content-Length is not a number"),
                     (Some(parsed), Some(known)) if known != parsed => {
                         Err("Content-Length has different values")
@@ -455,6 +449,14 @@ fn keep_alive(head: &Head) -> bool {
     } else {
         head.keep_alive
     }
+}
+
+/// A `Content-Length` value: decimal digits only (no sign, no spaces), within u64.
+pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
+    std::str::from_utf8(digits)
+        .ok()
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u64>().ok())
 }
 
 /// Appends `name: value\r\n`.

@@ -7,6 +7,7 @@
 //! are not followed and proxy variables are ignored (no proxy connector is installed).
 
 mod http1;
+pub(crate) use http1::decimal;
 mod pool;
 
 pub use pool::{Connector, IDLE_TIMEOUT, Pool};
