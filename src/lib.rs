@@ -25,6 +25,7 @@
 pub mod app;
 pub mod check;
 pub mod config;
+mod deadline;
 pub mod error;
 pub mod mapping;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //! upstream, parse its body, map the Custom Variables, build the answer. Each phase is a
 //! small function; `invoke` strings them together and times the whole.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
@@ -57,6 +57,9 @@ pub struct Invocation {
     pub ok: bool,
     /// Render to mapped answer, in milliseconds.
     pub duration_ms: f64,
+    /// The same, unrounded (for metrics).
+    #[serde(skip)]
+    pub elapsed: Duration,
     /// Variable name -> value (`null` when missing).
     pub variables: serde_json::Map<String, serde_json::Value>,
     /// Variables whose expression found nothing.
@@ -266,14 +269,14 @@ pub fn map_variables(
         .collect()
 }
 
-/// Runs one invocation against the upstream.
+/// Runs one invocation against the upstream; it counts as begun at `started`.
 pub async fn invoke(
     upstream: &Upstream,
     webhook: &Webhook,
     conversation: &serde_json::Value,
     max_response_body: usize,
+    started: Instant,
 ) -> Result<Invocation, ApiError> {
-    let started = Instant::now();
     let scope = scope(webhook, conversation);
     let rendered = render_request(webhook, &scope, false)?;
     call_and_map(
@@ -306,6 +309,7 @@ pub async fn call_and_map(
         .call(
             &webhook.pool,
             request,
+            started,
             webhook.timeout,
             max_response_body,
             webhook.reads.headers,
@@ -362,6 +366,7 @@ pub async fn call_and_map(
         status,
         ok: answer.status.is_success(),
         duration_ms: 0.0,
+        elapsed: Duration::ZERO,
         variables,
         missing,
         response,
@@ -374,7 +379,8 @@ pub async fn call_and_map(
     } else if !invocation.response.is_null() && !lenient_json {
         invocation.raw_response = Some(answer.body);
     }
-    invocation.duration_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+    invocation.elapsed = started.elapsed();
+    invocation.duration_ms = (invocation.elapsed.as_secs_f64() * 10_000.0).round() / 10.0;
     Ok(invocation)
 }
 

@@ -248,9 +248,14 @@ async fn call(
         webhook,
         conversation,
         state.settings.max_response_body,
+        started,
     )
     .await;
-    let answer = record(webhook, series, started.elapsed(), invocation)?.to_answer();
+    let elapsed = match &invocation {
+        Ok(done) => done.elapsed,
+        Err(_) => started.elapsed(),
+    };
+    let answer = record(webhook, series, elapsed, invocation)?.to_answer();
     state.upstream.pace.others_first().await;
     Ok(answer)
 }

@@ -12,7 +12,6 @@
 //! with the bytes already read, and hyper serves the connection from then on. Both answer
 //! the same things the same way: routing and errors are the same functions.
 
-use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -25,9 +24,10 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::app::State;
+use crate::deadline::Deadline;
 use crate::error::ApiError;
 
 /// The largest request head served here (hyper's limit for the rest is the same).
@@ -64,15 +64,23 @@ struct Head {
 pub(super) async fn serve(
     mut stream: TcpStream,
     state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Ended {
     let settings = &state.settings;
     let mut buffer: Vec<u8> = Vec::with_capacity(BUFFER);
     let mut out: Vec<u8> = Vec::new();
-    let mut deadline = Deadline::new(Instant::now() + settings.header_read_timeout);
+    // One wait for the stop signal for the whole connection (not one per request).
+    let mut signal = stop.clone();
+    let stopped = async move {
+        let _ = signal.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stopped);
+    // The clock is read once per request: `now` is when the last answer was written.
+    let mut now = Instant::now();
+    let mut deadline = Deadline::new(now + settings.header_read_timeout);
     loop {
         // The head, within the header read timeout (idle time included, as with hyper).
-        deadline.set(Instant::now() + settings.header_read_timeout);
+        deadline.set(now + settings.header_read_timeout);
         let head = loop {
             match parse_head(&buffer) {
                 Parsed::Call(head) => break head,
@@ -84,8 +92,9 @@ pub(super) async fn serve(
                     return Ended::Closed;
                 }
                 tokio::select! {
+                    biased;
                     read = deadline.within(stream.read_buf(&mut buffer)) => read,
-                    _ = stop.changed() => return Ended::Closed,
+                    () = &mut stopped => return Ended::Closed,
                 }
             } else {
                 deadline.within(read_more(&mut stream, &mut buffer)).await
@@ -138,7 +147,8 @@ pub(super) async fn serve(
         let read_all = buffer.len() as u64 >= whole;
         let close = head.close || !read_all || *stop.borrow();
         out.clear();
-        encode(&mut out, outcome, close);
+        now = Instant::now();
+        encode(&mut out, outcome, close, now);
         if stream.write_all(&out).await.is_err() || close {
             let _ = stream.shutdown().await;
             return Ended::Closed;
@@ -150,49 +160,6 @@ pub(super) async fn serve(
         }
         if out.capacity() > MAX_HEAD {
             out = Vec::new();
-        }
-    }
-}
-
-/// The connection's one timer, for the header and the body timeouts. Moving the deadline
-/// later only writes it down, and the timer is set again when it fires early: a request
-/// registers no timer of its own (the timer of a busy connection fires about once per
-/// timeout).
-struct Deadline {
-    at: Instant,
-    timer: Pin<Box<Sleep>>,
-}
-
-impl Deadline {
-    fn new(at: Instant) -> Deadline {
-        Deadline {
-            at,
-            timer: Box::pin(tokio::time::sleep_until(at)),
-        }
-    }
-
-    fn set(&mut self, at: Instant) {
-        self.at = at;
-        if self.timer.deadline() > at {
-            self.timer.as_mut().reset(at);
-        }
-    }
-
-    /// `work`'s output, or `None` if the deadline passes first.
-    async fn within<F: Future>(&mut self, work: F) -> Option<F::Output> {
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                biased;
-                done = &mut work => return Some(done),
-                () = &mut self.timer => {
-                    if Instant::now() >= self.at {
-                        return None;
-                    }
-                    let at = self.at;
-                    self.timer.as_mut().reset(at);
-                }
-            }
         }
     }
 }
@@ -297,7 +264,7 @@ fn parse_head(buffer: &[u8]) -> Parsed {
 }
 
 /// Writes the whole answer: status line, headers, JSON body.
-fn encode(out: &mut Vec<u8>, outcome: Result<Vec<u8>, ApiError>, close: bool) {
+fn encode(out: &mut Vec<u8>, outcome: Result<Vec<u8>, ApiError>, close: bool, now: Instant) {
     let (status, body) = match outcome {
         Ok(body) => (StatusCode::OK, body),
         Err(err) => (
@@ -313,7 +280,7 @@ fn encode(out: &mut Vec<u8>, outcome: Result<Vec<u8>, ApiError>, close: bool) {
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\ndate: ");
-    date(out);
+    date(out, now);
     if close {
         out.extend_from_slice(b"\r\nconnection: close");
     }
@@ -321,22 +288,29 @@ fn encode(out: &mut Vec<u8>, outcome: Result<Vec<u8>, ApiError>, close: bool) {
     out.extend_from_slice(&body);
 }
 
-/// The `Date` value, formatted once a second per thread.
-fn date(out: &mut Vec<u8>) {
-    thread_local! {
-        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+/// The `Date` value at `now`, formatted once a second per thread: the wall clock is read
+/// only when the second the cached text shows is over.
+fn date(out: &mut Vec<u8>, now: Instant) {
+    struct Cached {
+        until: Option<Instant>,
+        text: String,
     }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    CACHED.with_borrow_mut(|(at, text)| {
-        if *at != second || text.is_empty() {
-            *at = second;
-            *text = httpdate::fmt_http_date(now);
+    thread_local! {
+        static CACHED: std::cell::RefCell<Cached> =
+            const { std::cell::RefCell::new(Cached { until: None, text: String::new() }) };
+    }
+    CACHED.with_borrow_mut(|cached| {
+        if cached.until.is_none_or(|until| now >= until) {
+            let wall = SystemTime::now();
+            let into_second = wall
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .subsec_nanos();
+            let rest = Duration::from_secs(1) - Duration::from_nanos(u64::from(into_second));
+            cached.until = Some(now + rest);
+            cached.text = httpdate::fmt_http_date(wall);
         }
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(cached.text.as_bytes());
     });
 }
 
@@ -400,5 +374,35 @@ impl AsyncWrite for Replay {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_date_is_the_wall_clocks_and_is_read_again_once_its_second_is_over() {
+        let close_to_now = |out: &[u8]| {
+            let text = std::str::from_utf8(out).expect("ASCII");
+            let date = httpdate::parse_http_date(text).expect("an HTTP date");
+            let now = SystemTime::now();
+            let apart = now.duration_since(date).unwrap_or_else(|e| e.duration());
+            assert!(apart < Duration::from_secs(2), "{text} is {apart:?} off");
+        };
+        let start = Instant::now();
+        let mut first = Vec::new();
+        date(&mut first, start);
+        close_to_now(&first);
+        // Within the same second: the same text, without reading the wall clock.
+        let mut again = Vec::new();
+        date(&mut again, start);
+        assert_eq!(again, first);
+        // Over a second later: the wall clock is read again.
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut later = Vec::new();
+        date(&mut later, Instant::now());
+        close_to_now(&later);
+        assert_ne!(later, first, "a second later, a later date");
     }
 }

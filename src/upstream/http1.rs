@@ -14,7 +14,6 @@
 //! request only when the answer was framed, read to its last byte, and neither side asked
 //! to close it.
 
-use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Waker};
@@ -29,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{Answer, CallError};
+use crate::deadline::Deadline;
 
 /// A TCP or TLS stream, as the connector opens it, read and written through tokio.
 pub(super) type Stream = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -53,6 +53,9 @@ pub(super) struct Conn {
     write: Vec<u8>,
     /// When the connection was last given back to its pool.
     pub(super) since: Instant,
+    /// The timer of the exchanges, made at the first one (a new connection used once
+    /// never needs it).
+    deadline: Option<Deadline>,
 }
 
 /// Why an exchange produced no answer.
@@ -99,6 +102,7 @@ impl Conn {
             read: BytesMut::with_capacity(READ_SIZE),
             write: Vec::with_capacity(1024),
             since: Instant::now(),
+            deadline: None,
         }
     }
 
@@ -119,10 +123,36 @@ impl Conn {
             .is_ready()
     }
 
-    /// Sends `request` (`host` unless it has a `Host` header) and reads the whole answer,
-    /// refusing a body over `limit` bytes, its header fields kept only if `headers`. Also
-    /// says whether the connection can take another request.
+    /// Sends `request` (`host` unless it has a `Host` header) and reads the whole answer
+    /// before `at`, refusing a body over `limit` bytes, its header fields kept only if
+    /// `headers`. Also says whether the connection can take another request. `None`: `at`
+    /// came first (the connection is then dropped).
     pub(super) async fn exchange(
+        &mut self,
+        request: &Request<Bytes>,
+        host: &HeaderValue,
+        limit: usize,
+        headers: bool,
+        at: tokio::time::Instant,
+    ) -> Option<Result<(Answer, bool), Failure>> {
+        let mut deadline = match self.deadline.take() {
+            Some(mut deadline) => {
+                deadline.set(at);
+                deadline
+            }
+            None => Deadline::new(at),
+        };
+        let result = {
+            // Pinned here, so that the exchange's state is not copied into the timer's.
+            let work = self.exchange_now(request, host, limit, headers);
+            tokio::pin!(work);
+            deadline.within(work).await
+        };
+        self.deadline = Some(deadline);
+        result
+    }
+
+    async fn exchange_now(
         &mut self,
         request: &Request<Bytes>,
         host: &HeaderValue,
@@ -175,8 +205,9 @@ impl Conn {
         let method = request.method();
         // A method that defines a meaning for a body says its length even when empty.
         if !body.is_empty() || [Method::POST, Method::PUT, Method::PATCH].contains(method) {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "content-length: {}\r\n", body.len());
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -236,22 +236,21 @@ impl Upstream {
         denied(&self.deny, address).then(|| format!("{address} is in a denied network"))
     }
 
-    /// Sends `request` (of the pool's origin) and reads the whole answer
-    /// within `timeout`, refusing a body over `limit` bytes (declared or streamed). The
-    /// answer's header fields are kept if `headers` (a mapping reads them); else they may
-    /// be left out.
+    /// Sends `request` (of the pool's origin) and reads the whole answer within `timeout`
+    /// of `started` (when the invocation began), refusing a body over `limit` bytes
+    /// (declared or streamed). The answer's header fields are kept if `headers` (a mapping
+    /// reads them); else they may be left out.
     pub async fn call(
         &self,
         pool: &Pool,
         request: Request<Bytes>,
+        started: Instant,
         timeout: Duration,
         limit: usize,
         headers: bool,
     ) -> Result<Answer, CallError> {
         self.pace.others_first().await;
-        tokio::time::timeout(timeout, pool.call(&request, limit, headers))
-            .await
-            .unwrap_or(Err(CallError::Timeout(timeout)))
+        pool.call(&request, started, timeout, limit, headers).await
     }
 }
 

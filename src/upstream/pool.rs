@@ -107,37 +107,58 @@ impl Pool {
         }
     }
 
-    /// Sends `request` (of this origin) and reads the whole answer, refusing a body over
-    /// `limit` bytes; HTTP/1 header fields are kept only if `headers`. A request that an idle connection could not take (the upstream had
+    /// Sends `request` (of this origin) and reads the whole answer within `timeout` of
+    /// `started`, refusing a body over `limit` bytes; HTTP/1 header fields are kept only if
+    /// `headers`. A request that an idle connection could not take (the upstream had
     /// closed it) goes on another one; one that a new connection could not take fails.
+    ///
+    /// `started` also stands for "now" in the idle bookkeeping: a connection counts as
+    /// idle from the start of the invocation it served, a little longer than it was.
     pub(super) async fn call(
         &self,
         request: &Request<Bytes>,
+        started: Instant,
+        timeout: Duration,
         limit: usize,
         headers: bool,
     ) -> Result<Answer, CallError> {
+        let at = tokio::time::Instant::from_std(started + timeout);
+        let late = || CallError::Timeout(timeout);
         loop {
-            let (taken, reused) = match self.take() {
+            let (taken, reused) = match self.take(started) {
                 Some(taken) => (taken, true),
-                None => (self.connect().await?, false),
+                None => (
+                    tokio::time::timeout_at(at, self.connect())
+                        .await
+                        .map_err(|_| late())??,
+                    false,
+                ),
             };
             let not_taken = match taken {
                 Taken::Http1(mut conn) => {
-                    match conn.exchange(request, &self.host, limit, headers).await {
-                        Ok((answer, reusable)) => {
+                    let exchange = conn.exchange(request, &self.host, limit, headers, at);
+                    match exchange.await {
+                        Some(Ok((answer, reusable))) => {
                             if reusable {
-                                self.give_back(conn);
+                                self.give_back(conn, started);
                             }
                             return Ok(answer);
                         }
-                        Err(Failure::Failed(err)) => return Err(err),
-                        Err(Failure::NotTaken(reason)) => reason,
+                        None => return Err(late()),
+                        Some(Err(Failure::Failed(err))) => return Err(err),
+                        Some(Err(Failure::NotTaken(reason))) => reason,
                     }
                 }
-                Taken::Http2(sender) => match self.call_http2(sender, request, limit).await {
-                    Some(result) => return result,
-                    None => "the HTTP/2 connection is closing".to_owned(),
-                },
+                Taken::Http2(sender) => {
+                    let call = self.call_http2(sender, request, limit);
+                    match tokio::time::timeout_at(at, call)
+                        .await
+                        .map_err(|_| late())?
+                    {
+                        Some(result) => return result,
+                        None => "the HTTP/2 connection is closing".to_owned(),
+                    }
+                }
             };
             if !reused {
                 return Err(CallError::Unreachable(format!(
@@ -182,23 +203,22 @@ impl Pool {
     }
 
     /// Keeps an HTTP/1.1 connection whose answer was read in full for the next request.
-    fn give_back(&self, mut conn: Box<Conn>) {
-        let now = Instant::now();
+    fn give_back(&self, mut conn: Box<Conn>, now: Instant) {
         conn.since = now;
         let mut idle = self.lock();
         // The oldest are first: drop those unused for too long.
         let stale = idle
             .http1
             .iter()
-            .take_while(|conn| now.duration_since(conn.since) > IDLE_TIMEOUT)
+            .take_while(|conn| now.saturating_duration_since(conn.since) > IDLE_TIMEOUT)
             .count();
         idle.http1.drain(..stale);
         idle.http1.push(conn);
     }
 
     /// The shared HTTP/2 connection, or the newest idle HTTP/1.1 connection that is still
-    /// open, if any.
-    fn take(&self) -> Option<Taken> {
+    /// open (and was not idle too long at `now`), if any.
+    fn take(&self, now: Instant) -> Option<Taken> {
         loop {
             let next = {
                 let mut idle = self.lock();
@@ -212,7 +232,9 @@ impl Pool {
                 idle.http1.pop()
             };
             let mut conn = next?;
-            if conn.since.elapsed() <= IDLE_TIMEOUT && !conn.closed_while_idle() {
+            if now.saturating_duration_since(conn.since) <= IDLE_TIMEOUT
+                && !conn.closed_while_idle()
+            {
                 return Some(Taken::Http1(conn));
             }
         }

@@ -18,6 +18,8 @@ enum Step {
     AnswerAndClose(&'static str),
     /// Closes the connection without answering.
     Close,
+    /// Never answers, and keeps the connection open for half a minute.
+    Silent,
 }
 
 /// An upstream that reads whole requests (head and `Content-Length` body) and follows a
@@ -52,6 +54,10 @@ impl Scripted {
                             }
                             Some(Step::AnswerAndClose(bytes)) => {
                                 let _ = stream.write_all(bytes.as_bytes()).await;
+                                return;
+                            }
+                            Some(Step::Silent) => {
+                                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                                 return;
                             }
                             Some(Step::Close) | None => return,
@@ -404,4 +410,44 @@ async fn a_reused_connection_closed_under_a_request_retries_only_what_may_be_rep
             assert_eq!(upstream.requests().len(), 2, "{method}: not sent again");
         }
     }
+}
+
+#[tokio::test]
+async fn each_call_on_a_kept_connection_has_its_own_webhooks_timeout() {
+    // Two webhooks of one origin share its connections: one with a long timeout answered
+    // at once, then one with a short timeout that the upstream never answers on the same
+    // connection. The short one is cut at its own timeout, not the long one's.
+    let upstream = Scripted::start(vec![Step::Answer(OK), Step::Silent, Step::Answer(OK)]).await;
+    let dir = Dir::new();
+    for (name, timeout) in [("long", "20s"), ("short", "300ms")] {
+        dir.file(
+            &format!("{name}.toml"),
+            &format!(
+                "company = \"acme\"\nurl = \"http://{}/\"\ntimeout = \"{timeout}\"\n[variables]\nid = \"response.id\"\n",
+                upstream.host
+            ),
+        );
+    }
+    let hookside = Hookside::start(dir.path()).await;
+    assert_eq!(hookside.invoke("long", json!({})).await.0, 200);
+    let started = std::time::Instant::now();
+    assert_error(
+        &hookside.invoke("short", json!({})).await,
+        504,
+        "upstream_timeout",
+    );
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "cut after {took:?}"
+    );
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "the second call went on the kept connection"
+    );
+    // The connection of the call that timed out is not used again.
+    assert_eq!(hookside.invoke("long", json!({})).await.0, 200);
+    assert_eq!(upstream.connections(), 2);
+    assert_eq!(upstream.requests().len(), 3);
 }
