@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::config::{self, Example, LoadError, Problem, Settings, Webhook};
 use crate::pipeline;
+use crate::render::select::Data;
 use crate::upstream::Upstream;
 
 /// Everything `check` found.
@@ -146,8 +147,13 @@ fn run_example(
         }
     }
     let headers = http::HeaderMap::new();
-    let trace =
-        pipeline::map_variables(webhook, &scope, example.status, &headers, &example.response);
+    let trace = pipeline::map_variables(
+        webhook,
+        &scope,
+        example.status,
+        &headers,
+        Data::Whole(&example.response),
+    );
     for (name, expected) in &example.expect {
         let Some(outcome) = trace.iter().find(|o| &o.name == name) else {
             continue;

@@ -10,7 +10,7 @@ use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
 use serde::Serialize;
 
 use crate::render::lookup::{Lookup, Step};
-use crate::render::select::{Phase, Reads, Selection};
+use crate::render::select::{Data, Phase, Reads, Selection};
 use crate::render::{Scope, ValueExpr};
 
 /// One compiled Custom Variable.
@@ -109,19 +109,19 @@ impl Variable {
 
     /// Evaluates against the response body (`response`) and `scope` (which holds
     /// `response`, `status`, `headers` and the request data).
-    pub fn evaluate(&self, response: &serde_json::Value, scope: &Scope<'_>) -> Outcome {
+    pub fn evaluate(&self, response: Data<'_>, scope: &Scope<'_>) -> Outcome {
         let (value, missing) = match &self.kind {
-            VariableKind::PlainPath(lookup) => {
-                match lookup.follow(Some(std::borrow::Cow::Borrowed(response))) {
-                    Some(found) => (found.into_owned(), None),
-                    None => (
-                        serde_json::Value::Null,
-                        Some("no match in the response".to_owned()),
-                    ),
-                }
-            }
+            VariableKind::PlainPath(lookup) => match response.find(None, &lookup.steps) {
+                Some(found) => (found.clone(), None),
+                None => (
+                    serde_json::Value::Null,
+                    Some("no match in the response".to_owned()),
+                ),
+            },
             VariableKind::JsonPath(query) => {
-                match jsonpath_rust::query::js_path_process(query, response) {
+                // A JSONPath makes its webhook parse the response whole.
+                let whole = response.whole().unwrap_or(&serde_json::Value::Null);
+                match jsonpath_rust::query::js_path_process(query, whole) {
                     Ok(found) if found.is_empty() => (
                         serde_json::Value::Null,
                         Some("no match in the response".to_owned()),
@@ -171,11 +171,11 @@ mod tests {
         let conversation = json!({});
         let headers = http::HeaderMap::new();
         let scope = Scope::new(&fixed, &conversation).with_answer(Answer {
-            response: &response,
+            response: Data::Whole(&response),
             status: 200,
             headers: &headers,
         });
-        variable.evaluate(&response, &scope)
+        variable.evaluate(Data::Whole(&response), &scope)
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::{Body, Webhook};
 use crate::error::{ApiError, ErrorKind};
 use crate::mapping::Outcome;
-use crate::render::select::Selection;
+use crate::render::select::{Data, Document, Selection};
 use crate::render::{self, Answer, Scope};
 use crate::upstream::Upstream;
 
@@ -64,8 +64,9 @@ pub struct Invocation {
     pub variables: serde_json::Map<String, serde_json::Value>,
     /// Variables whose expression found nothing.
     pub missing: Vec<String>,
-    /// The upstream's body as JSON (`null` when empty). When `raw_response` is set, only
-    /// the parts the variables read are here (the answer embeds `raw_response`).
+    /// The upstream's body as JSON (`null` when empty). When `raw_response` is set and
+    /// the variables read only parts of the body, this is `null` too (the answer embeds
+    /// `raw_response`).
     pub response: serde_json::Value,
     /// The upstream's body as it came, when it is JSON and holds no secret: the bot's
     /// answer embeds it as is instead of serializing `response` again.
@@ -237,12 +238,13 @@ fn append_pair(out: &mut String, key: &str, value: &str) {
 
 /// Phase 4: the upstream body as JSON (all of it validated, the `selection` kept); an
 /// empty body is `null`.
-pub fn parse_response(body: &[u8], selection: &Selection) -> Result<serde_json::Value, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Null);
-    }
+pub fn parse_response(body: &[u8], selection: &Selection) -> Result<Document, String> {
     let invalid = |err: &dyn std::fmt::Display| format!("the response is not valid JSON: {err}");
-    let text = std::str::from_utf8(body).map_err(|err| invalid(&err))?;
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        "null"
+    } else {
+        std::str::from_utf8(body).map_err(|err| invalid(&err))?
+    };
     selection.parse(text).map_err(|err| invalid(&err))
 }
 
@@ -252,7 +254,7 @@ pub fn map_variables(
     scope: &Scope<'_>,
     status: u16,
     headers: &HeaderMap,
-    response: &serde_json::Value,
+    response: Data<'_>,
 ) -> Vec<Outcome> {
     if webhook.variables.is_empty() {
         return Vec::new();
@@ -273,11 +275,11 @@ pub fn map_variables(
 pub async fn invoke(
     upstream: &Upstream,
     webhook: &Webhook,
-    conversation: &serde_json::Value,
+    conversation: Data<'_>,
     max_response_body: usize,
     started: Instant,
 ) -> Result<Invocation, ApiError> {
-    let scope = scope(webhook, conversation);
+    let scope = Scope::of(&webhook.fixed, conversation);
     let rendered = render_request(webhook, &scope, false)?;
     call_and_map(
         upstream,
@@ -327,13 +329,14 @@ pub async fn call_and_map(
     } else {
         &webhook.reads.response
     };
-    let response = match parse_response(&answer.body, selection) {
-        Ok(response) => response,
+    let document = match parse_response(&answer.body, selection) {
+        Ok(document) => document,
         Err(message) if lenient_json => {
             warnings.push(format!(
                 "{message}; shown as text (a bot call would fail with upstream_invalid_response)"
             ));
-            serde_json::Value::String(String::from_utf8_lossy(&answer.body).into_owned())
+            let text = String::from_utf8_lossy(&answer.body).into_owned();
+            Document::whole(serde_json::Value::String(text))
         }
         Err(message) => {
             return Err(ApiError::new(
@@ -343,7 +346,8 @@ pub async fn call_and_map(
             .for_webhook(&webhook.name));
         }
     };
-    let mut trace = map_variables(webhook, scope, status, &answer.headers, &response);
+    let response = Data::Picked(selection, &document);
+    let mut trace = map_variables(webhook, scope, status, &answer.headers, response);
     let missing = trace
         .iter()
         .filter(|o| o.missing.is_some())
@@ -369,14 +373,14 @@ pub async fn call_and_map(
         elapsed: Duration::ZERO,
         variables,
         missing,
-        response,
+        response: document.into_whole().unwrap_or_default(),
         raw_response: None,
         trace,
         warnings,
     };
     if secret {
         scrub_invocation(&mut invocation, &webhook.secrets);
-    } else if !invocation.response.is_null() && !lenient_json {
+    } else if !lenient_json && !answer.body.iter().all(u8::is_ascii_whitespace) {
         invocation.raw_response = Some(answer.body);
     }
     invocation.elapsed = started.elapsed();

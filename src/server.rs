@@ -25,7 +25,7 @@ use crate::config::{FileState, Served, Webhook};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{Outcome, WebhookMetrics};
 use crate::pipeline;
-use crate::render::select::Selection;
+use crate::render::select::{Data, Document, Selection};
 
 mod http1;
 
@@ -202,13 +202,13 @@ async fn invoke(
     match test {
         None => Ok(bytes_response(
             StatusCode::OK,
-            call(state, &webhook, &conversation).await?,
+            call(state, &webhook, Data::Picked(selection, &conversation)).await?,
         )),
         Some(dry_run) => {
             let run = crate::testrun::run(
                 &state.upstream,
                 &webhook,
-                &conversation,
+                &conversation.into_whole().unwrap_or_default(),
                 dry_run,
                 state.settings.max_response_body,
             )
@@ -235,7 +235,7 @@ fn callable(state: &State, name: &str, token: Option<&str>) -> Result<Arc<Webhoo
 async fn call(
     state: &State,
     webhook: &Webhook,
-    conversation: &serde_json::Value,
+    conversation: Data<'_>,
 ) -> Result<Vec<u8>, ApiError> {
     let series = webhook
         .metrics
@@ -356,19 +356,21 @@ async fn read_body(
 
 /// The conversation object in `body`, all of it validated, the `selection` kept. An empty
 /// body is an empty conversation.
-fn parse_conversation(body: &[u8], selection: &Selection) -> Result<serde_json::Value, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Object(serde_json::Map::new()));
-    }
+fn parse_conversation(body: &[u8], selection: &Selection) -> Result<Document, ApiError> {
     let not_json = |err: &dyn std::fmt::Display| {
         ApiError::new(
             ErrorKind::BadRequest,
             format!("the body is not valid JSON: {err}"),
         )
     };
-    let text = std::str::from_utf8(body).map_err(|err| not_json(&err))?;
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        "{}"
+    } else {
+        std::str::from_utf8(body).map_err(|err| not_json(&err))?
+    };
     match selection.parse(text) {
-        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        // Valid JSON that starts with `{` is an object.
+        Ok(document) if text.trim_ascii_start().starts_with('{') => Ok(document),
         Ok(_) => Err(ApiError::new(
             ErrorKind::BadRequest,
             "the body must be a JSON object (the conversation)",

@@ -108,7 +108,8 @@ impl Lookup {
 }
 
 impl Step {
-    fn apply<'v>(&self, value: &'v Json) -> Option<&'v Json> {
+    /// The value this step reaches from `value`, if any.
+    pub fn apply<'v>(&self, value: &'v Json) -> Option<&'v Json> {
         match (self, value) {
             (Step::Key(key), Json::Object(map)) => map.get(key),
             (Step::Index(index), Json::Array(items)) => {

@@ -199,7 +199,7 @@ impl ValueExpr {
     /// Evaluates without copying what a plain lookup finds; `None` is undefined.
     pub fn eval_cow<'s>(&'s self, scope: &'s Scope<'_>) -> Result<Option<Cow<'s, Json>>, String> {
         match self {
-            ValueExpr::Lookup(lookup) => Ok(lookup.follow(scope.root(&lookup.root).0)),
+            ValueExpr::Lookup(lookup) => Ok(scope.lookup(lookup).0),
             ValueExpr::Jinja(expression) => {
                 let value = jinja::eval(expression, scope.jinja())?;
                 if value.is_undefined() {
@@ -301,8 +301,7 @@ impl TextTemplate {
             match part {
                 TextPart::Literal(text) => value.push_str(text),
                 TextPart::Lookup(lookup) => {
-                    let (root, trusted) = scope.root(&lookup.root);
-                    let found = lookup.follow(root);
+                    let (found, trusted) = scope.lookup(lookup);
                     let text = match found.as_deref() {
                         Some(Json::String(text)) => text,
                         other => {

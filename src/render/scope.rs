@@ -11,6 +11,9 @@ use minijinja::Value;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use serde_json::{Value as Json, json};
 
+use super::lookup::Lookup;
+use super::select::Data;
+
 /// A webhook's data that never changes: Context Values and `{ name, company }`, as JSON
 /// for lookups (a plain `{{ context.x }}` in a URL prints as written: the file's own) and
 /// as template values for minijinja (where, in URLs, every printed value is encoded).
@@ -28,7 +31,7 @@ pub struct Fixed {
 #[derive(Debug)]
 pub struct Scope<'a> {
     fixed: &'a Fixed,
-    conversation: &'a Json,
+    conversation: Data<'a>,
     answer: Option<Answer<'a>>,
     jinja: OnceLock<Value>,
 }
@@ -37,7 +40,7 @@ pub struct Scope<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct Answer<'a> {
     /// The parsed body.
-    pub response: &'a Json,
+    pub response: Data<'a>,
     /// The HTTP status.
     pub status: u16,
     /// The response headers.
@@ -88,8 +91,13 @@ impl Fixed {
 }
 
 impl<'a> Scope<'a> {
-    /// The data of a request render.
+    /// The data of a request render, with the whole conversation.
     pub fn new(fixed: &'a Fixed, conversation: &'a Json) -> Scope<'a> {
+        Scope::of(fixed, Data::Whole(conversation))
+    }
+
+    /// The data of a request render.
+    pub fn of(fixed: &'a Fixed, conversation: Data<'a>) -> Scope<'a> {
         Scope {
             fixed,
             conversation,
@@ -108,21 +116,42 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// A top-level name's value (`None`: undefined), and whether it is the file's own
-    /// (trusted in URLs).
-    pub fn root(&self, name: &str) -> (Option<Cow<'a, Json>>, bool) {
+    /// What a plain lookup finds (`None`: undefined, its default applied), and whether it
+    /// is the file's own (trusted in URLs).
+    pub fn lookup<'b>(&'b self, lookup: &'b Lookup) -> (Option<Cow<'b, Json>>, bool)
+    where
+        'a: 'b,
+    {
+        let name = lookup.root.as_str();
+        let found = |value: Option<&'a Json>| {
+            value
+                .map(Cow::Borrowed)
+                .or_else(|| lookup.default.as_ref().map(Cow::Borrowed))
+        };
         if let Some(answer) = self.answer {
             match name {
-                "response" => return (Some(Cow::Borrowed(answer.response)), false),
-                "status" => return (Some(Cow::Owned(answer.status.into())), false),
-                "headers" => return (Some(Cow::Owned(headers_json(answer.headers))), false),
+                "response" => return (found(answer.response.find(None, &lookup.steps)), false),
+                "status" => return (lookup.follow(Some(Cow::Owned(answer.status.into()))), false),
+                "headers" => {
+                    let headers = headers_json(answer.headers);
+                    return (lookup.follow(Some(Cow::Owned(headers))), false);
+                }
                 _ => {}
             }
         }
         match name {
-            "context" => (Some(Cow::Borrowed(&self.fixed.context)), true),
-            "webhook" => (Some(Cow::Borrowed(&self.fixed.identity)), true),
-            _ => (self.conversation.get(name).map(Cow::Borrowed), false),
+            "context" => (
+                lookup.follow(Some(Cow::Borrowed(&self.fixed.context))),
+                true,
+            ),
+            "webhook" => (
+                lookup.follow(Some(Cow::Borrowed(&self.fixed.identity))),
+                true,
+            ),
+            _ => (
+                found(self.conversation.find(Some(name), &lookup.steps)),
+                false,
+            ),
         }
     }
 
@@ -130,12 +159,12 @@ impl<'a> Scope<'a> {
     pub fn jinja(&self) -> &Value {
         self.jinja.get_or_init(|| {
             Value::from_object(TemplateData {
-                conversation: super::value_of(self.conversation),
+                conversation: whole(self.conversation),
                 context: self.fixed.values().0.clone(),
                 webhook: self.fixed.values().1.clone(),
                 answer: self.answer.map(|answer| {
                     [
-                        super::value_of(answer.response),
+                        whole(answer.response),
                         Value::from(answer.status),
                         super::value_of(headers_json(answer.headers)),
                     ]
@@ -143,6 +172,12 @@ impl<'a> Scope<'a> {
             })
         })
     }
+}
+
+/// A document as a template value. Jinja templates make their webhook parse documents
+/// whole; a pruned one (which no Jinja template should see) is left undefined.
+fn whole(data: Data<'_>) -> Value {
+    data.whole().map_or(Value::UNDEFINED, super::value_of)
 }
 
 /// Response headers as a JSON object by lower-case name (the last value of a repeated one).

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::app::State;
 use crate::deadline::Deadline;
 use crate::error::ApiError;
+use crate::render::select::Data;
 
 /// The largest request head served here (hyper's limit for the rest is the same).
 const MAX_HEAD: usize = 64 * 1024;
@@ -137,7 +138,10 @@ pub(super) async fn serve(
                 } else {
                     let body = &buffer[head.len..whole as usize];
                     match super::parse_conversation(body, &webhook.reads.conversation) {
-                        Ok(conversation) => super::call(&state, &webhook, &conversation).await,
+                        Ok(conversation) => {
+                            let data = Data::Picked(&webhook.reads.conversation, &conversation);
+                            super::call(&state, &webhook, data).await
+                        }
                         Err(err) => Err(err),
                     }
                 }

@@ -11,6 +11,8 @@ use serde_json::json;
 use hookside::config::{self, Settings, Webhook};
 use hookside::error::ErrorKind;
 use hookside::pipeline;
+use hookside::render::Scope;
+use hookside::render::select::Data;
 use hookside::upstream::Upstream;
 
 /// Loads `text` as the one file of a temporary directory, as `serve` would.
@@ -175,8 +177,8 @@ proptest! {
         let webhook = lookups();
         let text = conversation.to_string();
         let pruned = webhook.reads.conversation.parse(&text).expect("valid JSON");
-        let render = |data: &serde_json::Value| {
-            let scope = pipeline::scope(webhook, data);
+        let render = |data: Data<'_>| {
+            let scope = Scope::of(&webhook.fixed, data);
             pipeline::render_request(webhook, &scope, false)
                 .map(|rendered| {
                     let (parts, body) = rendered.request.into_parts();
@@ -184,15 +186,20 @@ proptest! {
                 })
                 .map_err(|err| err.message)
         };
-        prop_assert_eq!(render(&pruned), render(&conversation));
+        let picked = Data::Picked(&webhook.reads.conversation, &pruned);
+        prop_assert_eq!(render(picked), render(Data::Whole(&conversation)));
 
         let answer = response.to_string();
         let pruned_answer = webhook.reads.response.parse(&answer).expect("valid JSON");
         let headers = http::HeaderMap::new();
-        let map = |data: &serde_json::Value, body: &serde_json::Value| {
-            let scope = pipeline::scope(webhook, data);
+        let map = |data: Data<'_>, body: Data<'_>| {
+            let scope = Scope::of(&webhook.fixed, data);
             pipeline::map_variables(webhook, &scope, 200, &headers, body)
         };
-        prop_assert_eq!(map(&pruned, &pruned_answer), map(&conversation, &response));
+        let picked_answer = Data::Picked(&webhook.reads.response, &pruned_answer);
+        prop_assert_eq!(
+            map(picked, picked_answer),
+            map(Data::Whole(&conversation), Data::Whole(&response))
+        );
     }
 }
