@@ -20,6 +20,8 @@ pub struct Variable {
     pub name: String,
     /// The expression as written.
     pub source: String,
+    /// The name as a JSON object key, colon included (`"eta":`), for the bot's answer.
+    pub(crate) key: Box<str>,
     kind: VariableKind,
 }
 
@@ -78,6 +80,7 @@ impl Variable {
         Ok(Variable {
             name: name.to_owned(),
             source: source.to_owned(),
+            key: format!("{}:", serde_json::Value::from(name)).into(),
             kind,
         })
     }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::{Body, Webhook};
 use crate::error::{ApiError, ErrorKind};
-use crate::mapping::Outcome;
+use crate::mapping::{Outcome, Variable};
 use crate::render::select::{Data, Document, Selection};
 use crate::render::{self, Answer, Scope};
 use crate::upstream::Upstream;
@@ -413,31 +413,46 @@ fn may_hold_secret(
 impl Invocation {
     /// The bot's answer as JSON bytes: `{ webhook, status, ok, duration_ms, variables,
     /// missing, response }`, with the upstream's body embedded as it came when possible.
-    pub fn to_answer(&self) -> Vec<u8> {
+    /// `variables` are the webhook's (their keys are written once, when the file loads).
+    pub fn to_answer(&self, variables: &[Variable]) -> Vec<u8> {
         let Some(raw) = &self.raw_response else {
             return serde_json::to_vec(self).unwrap_or_default();
         };
-        #[derive(Serialize)]
-        struct Head<'a> {
-            webhook: &'a str,
-            status: u16,
-            ok: bool,
-            duration_ms: f64,
-            variables: &'a serde_json::Map<String, serde_json::Value>,
-            missing: &'a [String],
+        // Writing to a Vec cannot fail; the values are JSON already.
+        fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+            let _ = serde_json::to_writer(out, value);
         }
-        let head = Head {
-            webhook: &self.webhook,
-            status: self.status,
-            ok: self.ok,
-            duration_ms: self.duration_ms,
-            variables: &self.variables,
-            missing: &self.missing,
-        };
         let mut out = Vec::with_capacity(raw.len() + 256);
-        if serde_json::to_writer(&mut out, &head).is_err() || out.pop() != Some(b'}') {
-            return serde_json::to_vec(self).unwrap_or_default();
+        out.extend_from_slice(b"{\"webhook\":");
+        json(&mut out, self.webhook.as_str());
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.extend_from_slice(if self.ok {
+            b",\"ok\":true,\"duration_ms\":"
+        } else {
+            b",\"ok\":false,\"duration_ms\":"
+        });
+        json(&mut out, &self.duration_ms);
+        out.extend_from_slice(b",\"variables\":{");
+        // Both are in name order: the map's keys are the variables' names.
+        for (index, (name, value)) in self.variables.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            match variables
+                .get(index)
+                .filter(|variable| variable.name == *name)
+            {
+                Some(variable) => out.extend_from_slice(variable.key.as_bytes()),
+                None => {
+                    json(&mut out, name.as_str());
+                    out.push(b':');
+                }
+            }
+            json(&mut out, value);
         }
+        out.extend_from_slice(b"},\"missing\":");
+        json(&mut out, &self.missing);
         out.extend_from_slice(b",\"response\":");
         out.extend_from_slice(raw.trim_ascii());
         out.push(b'}');
@@ -492,5 +507,47 @@ pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {
             map.values_mut().for_each(|item| scrub(item, secrets));
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_answer_is_the_invocation_as_json_with_the_body_as_it_came() {
+        let raw = r#"{"a":{"b":"x"},"n":[1,2.5,null],"q":"é\""}"#;
+        let names = ["a\"quoted", "plain", "ünï"];
+        let variables: Vec<Variable> = names
+            .iter()
+            .map(|name| Variable::compile(name, "response.a.b").expect("compiles"))
+            .collect();
+        for (ok, missing, duration_ms) in [(true, vec![], 0.1), (false, vec!["plain"], 12.0)] {
+            let invocation = Invocation {
+                webhook: "orders-\"v2\"".into(),
+                status: if ok { 200 } else { 404 },
+                ok,
+                duration_ms,
+                elapsed: Duration::ZERO,
+                variables: names
+                    .iter()
+                    .map(|name| (name.to_string(), json!({"v": name, "k": [1, "\n"]})))
+                    .collect(),
+                missing: missing.into_iter().map(String::from).collect(),
+                response: serde_json::from_str(raw).expect("json"),
+                raw_response: Some(Bytes::from(format!("  {raw}\n"))),
+                trace: Vec::new(),
+                warnings: Vec::new(),
+            };
+            let expected = serde_json::to_vec(&invocation).expect("serializes");
+            let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8");
+            assert_eq!(
+                text(invocation.to_answer(&variables)),
+                text(expected.clone())
+            );
+            // Keys not written beforehand (another webhook's variables) come out the same.
+            assert_eq!(text(invocation.to_answer(&[])), text(expected));
+        }
     }
 }

@@ -255,7 +255,7 @@ async fn call(
         Ok(done) => done.elapsed,
         Err(_) => started.elapsed(),
     };
-    let answer = record(webhook, series, elapsed, invocation)?.to_answer();
+    let answer = record(webhook, series, elapsed, invocation)?.to_answer(&webhook.variables);
     state.upstream.pace.others_first().await;
     Ok(answer)
 }
