@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::config::{Body, Webhook};
@@ -14,7 +14,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::mapping::{Outcome, Variable};
 use crate::render::select::{Data, Document, Selection};
 use crate::render::{self, Answer, Scope};
-use crate::upstream::Upstream;
+use crate::upstream::{Outgoing, Upstream};
 
 /// `Content-Type` of a `[body]` table.
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -28,7 +28,7 @@ const AGENT: HeaderValue =
 #[derive(Debug)]
 pub struct RenderedRequest {
     /// What is sent.
-    pub request: Request<Bytes>,
+    pub request: Outgoing,
     /// What may be shown (secrets as `***`), when asked for.
     pub shown: Option<ShownRequest>,
 }
@@ -122,7 +122,7 @@ pub fn render_request(
     );
     let uri = http::Uri::from_parts(parts).map_err(|e| invalid(&e))?;
 
-    let mut headers = HeaderMap::with_capacity(webhook.headers.len() + 3);
+    let mut headers = Vec::with_capacity(webhook.headers.len() + 3);
     let mut shown_headers = Vec::new();
     for (name, template) in &webhook.headers {
         let rendered = template
@@ -144,10 +144,11 @@ pub fn render_request(
                 value.to_str().unwrap_or_default().to_owned(),
             ));
         }
-        headers.append(name.clone(), value);
+        headers.push((name.clone(), value));
     }
     if let Some(auth) = &webhook.auth {
-        headers.insert(http::header::AUTHORIZATION, auth.value.clone());
+        // The file compiler refuses an `Authorization` header next to `[auth]`.
+        headers.push((http::header::AUTHORIZATION, auth.value.clone()));
         if show {
             shown_headers.push(("authorization".into(), auth.shown.into()));
         }
@@ -193,10 +194,10 @@ pub fn render_request(
                 content_type.to_str().unwrap_or_default().into(),
             ));
         }
-        headers.insert(CONTENT_TYPE, content_type);
+        headers.push((CONTENT_TYPE, content_type));
     }
     if !declared(&USER_AGENT) {
-        headers.insert(USER_AGENT, AGENT);
+        headers.push((USER_AGENT, AGENT));
     }
     let shown = if show {
         let shown_url = if query_has_secret {
@@ -219,10 +220,12 @@ pub fn render_request(
         None
     };
 
-    let mut request = Request::new(body);
-    *request.method_mut() = webhook.method.clone();
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
+    let request = Outgoing {
+        method: webhook.method.clone(),
+        uri,
+        headers,
+        body,
+    };
     Ok(RenderedRequest { request, shown })
 }
 
@@ -299,7 +302,7 @@ pub async fn call_and_map(
     upstream: &Upstream,
     webhook: &Webhook,
     scope: &Scope<'_>,
-    request: Request<Bytes>,
+    request: Outgoing,
     started: Instant,
     max_response_body: usize,
     lenient_json: bool,

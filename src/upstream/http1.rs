@@ -21,13 +21,13 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::HOST;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Answer, CallError};
+use super::{Answer, CallError, Outgoing};
 use crate::deadline::Deadline;
 
 /// A TCP or TLS stream, as the connector opens it, read and written through tokio.
@@ -129,7 +129,7 @@ impl Conn {
     /// came first (the connection is then dropped).
     pub(super) async fn exchange(
         &mut self,
-        request: &Request<Bytes>,
+        request: &Outgoing,
         host: &HeaderValue,
         limit: usize,
         headers: bool,
@@ -154,16 +154,16 @@ impl Conn {
 
     async fn exchange_now(
         &mut self,
-        request: &Request<Bytes>,
+        request: &Outgoing,
         host: &HeaderValue,
         limit: usize,
         headers: bool,
     ) -> Result<(Answer, bool), Failure> {
         self.encode(request, host);
         self.send().await?;
-        let retryable = request.method().is_idempotent();
+        let retryable = request.method.is_idempotent();
         let head = self.read_head(retryable, headers).await?;
-        let framing = framing(request.method(), &head)?;
+        let framing = framing(&request.method, &head)?;
         let body = self.read_body(framing, limit).await?;
         let reusable = framing != Framing::Close
             && keep_alive(&head)
@@ -187,22 +187,22 @@ impl Conn {
     }
 
     /// Writes the request line, the headers, `Content-Length` and the body into `write`.
-    fn encode(&mut self, request: &Request<Bytes>, host: &HeaderValue) {
+    fn encode(&mut self, request: &Outgoing, host: &HeaderValue) {
         let out = &mut self.write;
         out.clear();
-        out.extend_from_slice(request.method().as_str().as_bytes());
+        out.extend_from_slice(request.method.as_str().as_bytes());
         out.push(b' ');
-        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        if !request.headers().contains_key(HOST) {
+        if !request.headers.iter().any(|(name, _)| name == HOST) {
             field(out, b"host", host.as_bytes());
         }
-        for (name, value) in request.headers() {
+        for (name, value) in &request.headers {
             field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        let body = request.body();
-        let method = request.method();
+        let body = &request.body;
+        let method = &request.method;
         // A method that defines a meaning for a body says its length even when empty.
         if !body.is_empty() || [Method::POST, Method::PUT, Method::PATCH].contains(method) {
             out.extend_from_slice(b"content-length: ");

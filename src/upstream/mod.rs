@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
@@ -243,7 +243,7 @@ impl Upstream {
     pub async fn call(
         &self,
         pool: &Pool,
-        request: Request<Bytes>,
+        request: Outgoing,
         started: Instant,
         timeout: Duration,
         limit: usize,
@@ -283,6 +283,20 @@ fn build_connector(roots: rustls::RootCertStore, deny: &Arc<Vec<IpNet>>) -> Conn
         .enable_http1()
         .enable_http2()
         .wrap_connector(http)
+}
+
+/// A rendered request, as the client sends it.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The method.
+    pub method: Method,
+    /// The absolute URI: the webhook's origin, and the rendered path and query.
+    pub uri: Uri,
+    /// The header fields, in the order they are sent (`Host` and `Content-Length` are
+    /// the client's).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: Bytes,
 }
 
 /// An error and its causes, as one line.

@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service as _;
 
 use super::http1::{Conn, Failure};
-use super::{Answer, CallError, PolicyResolver, chain};
+use super::{Answer, CallError, Outgoing, PolicyResolver, chain};
 
 /// How long an unused connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -116,7 +116,7 @@ impl Pool {
     /// idle from the start of the invocation it served, a little longer than it was.
     pub(super) async fn call(
         &self,
-        request: &Request<Bytes>,
+        request: &Outgoing,
         started: Instant,
         timeout: Duration,
         limit: usize,
@@ -174,15 +174,19 @@ impl Pool {
     async fn call_http2(
         &self,
         shared: Shared,
-        request: &Request<Bytes>,
+        request: &Outgoing,
         limit: usize,
     ) -> Option<Result<Answer, CallError>> {
-        let mut outgoing = Request::new(Full::new(request.body().clone()));
-        *outgoing.method_mut() = request.method().clone();
-        *outgoing.uri_mut() = self.absolute(request.uri());
-        *outgoing.headers_mut() = request.headers().clone();
-        // HTTP/2 names the origin in `:authority`.
-        outgoing.headers_mut().remove(http::header::HOST);
+        let mut outgoing = Request::new(Full::new(request.body.clone()));
+        *outgoing.method_mut() = request.method.clone();
+        *outgoing.uri_mut() = self.absolute(&request.uri);
+        let headers = outgoing.headers_mut();
+        for (name, value) in &request.headers {
+            // HTTP/2 names the origin in `:authority`.
+            if name != http::header::HOST {
+                headers.append(name.clone(), value.clone());
+            }
+        }
         let Shared { number, mut sender } = shared;
         match sender.try_send_request(outgoing).await {
             Ok(response) => Some(read_response(response, limit).await),

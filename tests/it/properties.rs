@@ -139,7 +139,7 @@ proptest! {
         let scope = pipeline::scope(webhook, &conversation);
         match pipeline::render_request(webhook, &scope, false) {
             Ok(rendered) => {
-                let uri = rendered.request.uri();
+                let uri = &rendered.request.uri;
                 prop_assert_eq!(uri.scheme_str(), Some("https"));
                 prop_assert_eq!(uri.host(), Some("api.acme.example"));
                 prop_assert_eq!(uri.port_u16(), Some(8443));
@@ -149,11 +149,11 @@ proptest! {
                 let query = uri.query().unwrap_or_default();
                 prop_assert!(query.starts_with("fixed=1&q="));
                 prop_assert_eq!(query.matches('&').count(), 2, "no parameter added: {}", query);
-                for value in rendered.request.headers().values() {
+                for (_, value) in &rendered.request.headers {
                     prop_assert!(value.as_bytes().iter().all(|&c| c == b'\t' || (c >= 0x20 && c != 0x7f)));
                 }
                 let body: serde_json::Value = serde_json::from_slice(
-                    rendered.request.body(),
+                    &rendered.request.body,
                 ).expect("JSON body");
                 prop_assert_eq!(body, json!({"a": a}));
             }
@@ -181,8 +181,8 @@ proptest! {
             let scope = Scope::of(&webhook.fixed, data);
             pipeline::render_request(webhook, &scope, false)
                 .map(|rendered| {
-                    let (parts, body) = rendered.request.into_parts();
-                    (parts.method, parts.uri, parts.headers, body)
+                    let request = rendered.request;
+                    (request.method, request.uri, request.headers, request.body)
                 })
                 .map_err(|err| err.message)
         };
