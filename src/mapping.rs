@@ -113,7 +113,22 @@ impl Variable {
     /// Evaluates against the response body (`response`) and `scope` (which holds
     /// `response`, `status`, `headers` and the request data).
     pub fn evaluate(&self, response: Data<'_>, scope: &Scope<'_>) -> Outcome {
-        let (value, missing) = match &self.kind {
+        let (value, missing) = self.find(response, scope);
+        Outcome {
+            name: self.name.clone(),
+            expression: self.source.clone(),
+            value,
+            missing,
+        }
+    }
+
+    /// The value alone (`null` when missing), and why it was not found, when it was not.
+    pub fn find(
+        &self,
+        response: Data<'_>,
+        scope: &Scope<'_>,
+    ) -> (serde_json::Value, Option<String>) {
+        match &self.kind {
             VariableKind::PlainPath(lookup) => match response.find(None, &lookup.steps) {
                 Some(found) => (found.clone(), None),
                 None => (
@@ -152,12 +167,6 @@ impl Variable {
                     Some(format!("expression failed: {err}")),
                 ),
             },
-        };
-        Outcome {
-            name: self.name.clone(),
-            expression: self.source.clone(),
-            value,
-            missing,
         }
     }
 }

@@ -350,24 +350,32 @@ pub async fn call_and_map(
         }
     };
     let response = Data::Picked(selection, &document);
-    let mut trace = map_variables(webhook, scope, status, &answer.headers, response);
-    let missing = trace
-        .iter()
-        .filter(|o| o.missing.is_some())
-        .map(|o| o.name.clone())
-        .collect();
-    // Only Run Webhook shows the trace: a bot call moves the values out of it.
-    let variables = if lenient_json {
-        trace
-            .iter()
-            .map(|o| (o.name.clone(), o.value.clone()))
-            .collect()
-    } else {
-        std::mem::take(&mut trace)
-            .into_iter()
-            .map(|o| (o.name, o.value))
-            .collect()
-    };
+    // Only Run Webhook shows the trace; a bot call keeps just the values.
+    let mut trace = Vec::new();
+    let mut variables = serde_json::Map::new();
+    let mut missing = Vec::new();
+    if lenient_json {
+        trace = map_variables(webhook, scope, status, &answer.headers, response);
+        for outcome in &trace {
+            if outcome.missing.is_some() {
+                missing.push(outcome.name.clone());
+            }
+            variables.insert(outcome.name.clone(), outcome.value.clone());
+        }
+    } else if !webhook.variables.is_empty() {
+        let scope = scope.with_answer(Answer {
+            response,
+            status,
+            headers: &answer.headers,
+        });
+        for variable in &webhook.variables {
+            let (value, why) = variable.find(response, &scope);
+            if why.is_some() {
+                missing.push(variable.name.clone());
+            }
+            variables.insert(variable.name.clone(), value);
+        }
+    }
     let mut invocation = Invocation {
         webhook: webhook.name.clone(),
         status,
