@@ -9,10 +9,15 @@ Contenders, all answering the same POST with a small JSON body:
   haproxy   the same with http-request set-header
   hookside  a webhook: bearer auth, X-Session from the conversation, a small JSON body,
             two variables mapped (one Jinja expression, one JSONPath)
-The upstream is nginx answering a fixed JSON document. Layout on the 2 cores: the
-contender on core 0; the load generator and the upstream on core 1 (for `direct`, a second
-upstream instance on core 0 plays the contender). Rounds interleave the contenders
-(A B C D A B C D ...) so that drift hits all alike. Loopback only; every run is bounded.
+The upstream is nginx answering a fixed JSON document. Layouts on the 2 cores:
+  split  the contender on core 0; the load generator and the upstream on core 1 (for
+         `direct`, a second upstream instance on core 0 plays the contender);
+  pod    the load generator next to the contender on core 0 (a bot and its sidecar), the
+         upstream alone on core 1: saturation only. Here the contender's core is the limit
+         whatever the contender; in `split`, an efficient contender leaves core 1 the
+         limit (each saturation round reports both cores' busy share).
+Rounds interleave the contenders (A B C D A B C D ...) so that drift hits all alike.
+Loopback only; every run is bounded.
 
 Then, for hookside, nginx and HAProxy: CPU instructions per request (valgrind callgrind,
 repeatable where wall-clock is not) and, for hookside, allocations per invocation (dhat).
@@ -238,15 +243,30 @@ def wrk_script(work):
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def saturation(lab, name, seconds, script, rss_of=None):
-    command = pinned(CLIENT_CORE, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency",
-                                   "-s", script, lab.target(name)])
+def core_ticks():
+    """(busy, total) clock ticks of each core so far, from /proc/stat."""
+    ticks = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if re.fullmatch(r"cpu\d+", name):
+                values = [int(v) for v in values]
+                idle = values[3] + values[4]
+                ticks[name] = (sum(values) - idle, sum(values))
+    return ticks
+
+
+def saturation(lab, name, seconds, script, rss_of=None, client_core=None):
+    command = pinned(client_core or CLIENT_CORE, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s",
+                                                  "--latency", "-s", script, lab.target(name)])
+    cores_before, cpu_before = core_ticks(), cpu_ticks(lab.pids[name])
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     rss = None
     if rss_of:
         time.sleep(seconds / 2)
         rss = rss_mib(rss_of)
     out, _ = process.communicate(timeout=seconds + 30)
+    cores_after, cpu_after = core_ticks(), cpu_ticks(lab.pids[name])
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
@@ -254,7 +274,12 @@ def saturation(lab, name, seconds, script, rss_of=None):
     latency = {}
     for pct, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
         latency[pct] = float(value) * UNITS[unit]
-    return {"rps": rps, "p50_ms": latency.get("50"), "p99_ms": latency.get("99"), "rss_mib": rss}
+    busy = {core: (cores_after[core][0] - before[0]) / max(1, cores_after[core][1] - before[1])
+            for core, before in cores_before.items()}
+    requests = rps * seconds
+    cpu_us = (sum(cpu_after) - sum(cpu_before)) / os.sysconf("SC_CLK_TCK") / requests * 1e6
+    return {"rps": rps, "p50_ms": latency.get("50"), "p99_ms": latency.get("99"), "rss_mib": rss,
+            "busy0": busy.get("cpu0"), "busy1": busy.get("cpu1"), "cpu_us": cpu_us}
 
 
 def fixed_rate(lab, name, seconds):
@@ -332,32 +357,45 @@ def timing(rounds, seconds):
             saturation(lab, name, 1, script)
         idle_rss = rss_mib(lab.pids["hookside"])
         sat = {n: [] for n in contenders}
+        pod = {n: [] for n in contenders}
         fixed = {n: [] for n in contenders}
         for r in range(rounds):
             for name in contenders:
                 sat[name].append(saturation(lab, name, seconds, script,
                                             rss_of=lab.pids["hookside"] if name == "hookside" else None))
             for name in contenders:
+                pod[name].append(saturation(lab, name, seconds, script, client_core=CONTENDER_CORE))
+            for name in contenders:
                 fixed[name].append(fixed_rate(lab, name, seconds))
-            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {sat[n][-1]['rps']:.0f}/s" for n in contenders),
-                  file=sys.stderr)
-        return {"saturation": sat, "fixed": fixed, "idle_rss_mib": idle_rss}
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {sat[n][-1]['rps']:.0f}/s" for n in contenders)
+                  + "; pod: " + ", ".join(f"{n} {pod[n][-1]['rps']:.0f}/s" for n in contenders), file=sys.stderr)
+        return {"saturation": sat, "pod": pod, "fixed": fixed, "idle_rss_mib": idle_rss}
     finally:
         lab.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report_timing(result):
-    sat, fixed = result["saturation"], result["fixed"]
-    lines = [f"Saturation (wrk, 1 thread, {CONNECTIONS} connections), median (min-max) over rounds:", "",
-             "| contender | requests/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+def saturation_table(title, sat):
+    lines = [title, "",
+             "| contender | requests/s | p50 ms | p99 ms | contender CPU us per request | core 0 busy | core 1 busy |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, runs in sat.items():
         lines.append(f"| {name} | {spread([r['rps'] for r in runs])} | {spread([r['p50_ms'] for r in runs])} "
-                     f"| {spread([r['p99_ms'] for r in runs])} |")
+                     f"| {spread([r['p99_ms'] for r in runs])} | {spread([r['cpu_us'] for r in runs])} "
+                     f"| {spread([r['busy0'] for r in runs])} | {spread([r['busy1'] for r in runs])} |")
     lines += ["", "Throughput ratios per round (same round, side by side):", ""]
     for other in ["nginx", "haproxy"]:
         ratios = [h["rps"] / o["rps"] for h, o in zip(sat["hookside"], sat[other])]
         lines.append(f"- hookside/{other}: {spread(ratios)}")
+    return lines
+
+
+def report_timing(result):
+    sat, fixed = result["saturation"], result["fixed"]
+    lines = saturation_table(f"Saturation, layout split (wrk, 1 thread, {CONNECTIONS} connections, on core 1 "
+                             "with the upstream), median (min-max) over rounds:", sat)
+    lines += [""] + saturation_table("Saturation, layout pod (wrk on core 0 with the contender, the upstream "
+                                     "alone on core 1), median (min-max) over rounds:", result["pod"])
     lines += ["", f"Fixed rate (oha, {RATE} requests/s, latency-corrected), median (min-max):", "",
               "| contender | p50 ms | p99 ms | p99.9 ms | p99 added over direct ms |", "| --- | --- | --- | --- | --- |"]
     for name, runs in fixed.items():
