@@ -384,7 +384,7 @@ pub async fn call_and_map(
         elapsed: Duration::ZERO,
         variables,
         missing,
-        response: document.into_whole().unwrap_or_default(),
+        response: document.into_whole(selection).unwrap_or_default(),
         raw_response: None,
         trace,
         warnings,

@@ -208,7 +208,7 @@ async fn invoke(
             let run = crate::testrun::run(
                 &state.upstream,
                 &webhook,
-                &conversation.into_whole().unwrap_or_default(),
+                &conversation.into_whole(selection).unwrap_or_default(),
                 dry_run,
                 state.settings.max_response_body,
             )

@@ -188,10 +188,10 @@ impl Document {
         }
     }
 
-    /// The whole value, when the document kept all of it (its selection is
-    /// [`Selection::all`]).
-    pub fn into_whole(mut self) -> Option<Json> {
-        if self.slots.len() == 1 {
+    /// The whole value, when the document kept all of it: `selection`, the one it was
+    /// parsed under, is [`Selection::all`]. (A selection of one path has one slot too.)
+    pub fn into_whole(mut self, selection: &Selection) -> Option<Json> {
+        if selection.is_all() {
             self.slots.pop().flatten()
         } else {
             None
@@ -600,6 +600,8 @@ mod tests {
             .parse(r#"{"x": {"y": 1, "z": 2}, "w": 3}"#)
             .expect("parses");
         assert_eq!(response.slots, [Some(json!(1))]);
+        // One slot, but not the whole document.
+        assert_eq!(response.clone().into_whole(&reads.response), None);
         let steps = [Step::Key("x".into()), Step::Key("y".into())];
         assert_eq!(
             Data::Picked(&reads.response, &response).find(None, &steps),
@@ -623,10 +625,12 @@ mod tests {
         reads.jinja(Phase::Mapping);
         assert!(reads.response.is_all() && reads.headers);
         let whole = reads.response.parse(DOCUMENT).expect("parses");
+        let document = serde_json::from_str::<Json>(DOCUMENT).expect("json");
         assert_eq!(
             Data::Picked(&reads.response, &whole).whole(),
-            Some(&serde_json::from_str::<Json>(DOCUMENT).expect("json"))
+            Some(&document)
         );
+        assert_eq!(whole.into_whole(&reads.response), Some(document));
         let looked = self::reads(&["headers['x-total']"], Phase::Mapping);
         assert!(looked.headers && !looked.response.is_all());
         // In a request template, `headers` is a key of the conversation.
