@@ -76,12 +76,13 @@ pub(super) async fn serve(
         let _ = signal.wait_for(|stop| *stop).await;
     };
     tokio::pin!(stopped);
-    // The clock is read once per request: `now` is when the last answer was written.
-    let mut now = Instant::now();
-    let mut deadline = Deadline::new(now + settings.header_read_timeout);
+    // When the last answer was written (or the connection came): the next head's time
+    // starts then, not while a slow reader was taking the answer.
+    let mut written = Instant::now();
+    let mut deadline = Deadline::new(written + settings.header_read_timeout);
     loop {
         // The head, within the header read timeout (idle time included, as with hyper).
-        deadline.set(now + settings.header_read_timeout);
+        deadline.set(written + settings.header_read_timeout);
         let head = loop {
             match parse_head(&buffer) {
                 Parsed::Call(head) => break head,
@@ -151,12 +152,12 @@ pub(super) async fn serve(
         let read_all = buffer.len() as u64 >= whole;
         let close = head.close || !read_all || *stop.borrow();
         out.clear();
-        now = Instant::now();
-        encode(&mut out, outcome, close, now);
+        encode(&mut out, outcome, close, Instant::now());
         if stream.write_all(&out).await.is_err() || close {
             let _ = stream.shutdown().await;
             return Ended::Closed;
         }
+        written = Instant::now();
         // Pipelined requests stay for the next turn.
         buffer.drain(..whole as usize);
         if buffer.is_empty() && buffer.capacity() > MAX_HEAD {

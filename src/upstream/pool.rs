@@ -112,8 +112,8 @@ impl Pool {
     /// `headers`. A request that an idle connection could not take (the upstream had
     /// closed it) goes on another one; one that a new connection could not take fails.
     ///
-    /// `started` also stands for "now" in the idle bookkeeping: a connection counts as
-    /// idle from the start of the invocation it served, a little longer than it was.
+    /// `started` also stands for "now" when an idle connection is taken: it is a few
+    /// microseconds old, on the side of finding a connection idle for too long.
     pub(super) async fn call(
         &self,
         request: &Outgoing,
@@ -140,7 +140,7 @@ impl Pool {
                     match exchange.await {
                         Some(Ok((answer, reusable))) => {
                             if reusable {
-                                self.give_back(conn, started);
+                                self.give_back(conn);
                             }
                             return Ok(answer);
                         }
@@ -207,7 +207,10 @@ impl Pool {
     }
 
     /// Keeps an HTTP/1.1 connection whose answer was read in full for the next request.
-    fn give_back(&self, mut conn: Box<Conn>, now: Instant) {
+    fn give_back(&self, mut conn: Box<Conn>) {
+        // The real time: a slow answer (the timeout may be longer than the idle limit)
+        // leaves a connection that was busy until now, not idle since the call began.
+        let now = Instant::now();
         conn.since = now;
         let mut idle = self.lock();
         // The oldest are first: drop those unused for too long.
