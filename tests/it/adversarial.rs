@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{Dir, Process, Reply, Upstream, get, parse, send};
+use crate::util::{Client, Dir, Process, Reply, Upstream, get, parse, send};
 
 const CANARY: &str = "canary-5ecret-c4n4ry";
 const OTHER_TOKEN: &str = "globex-caller-token";
@@ -811,39 +811,6 @@ async fn proxy_variables_are_ignored() {
     );
 }
 
-/// One answer read whole from `stream`: its head and body as text.
-async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut bytes = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let head_end = loop {
-        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        let read = stream.read(&mut chunk).await.expect("read");
-        assert!(
-            read > 0,
-            "closed before an answer: {:?}",
-            String::from_utf8_lossy(&bytes)
-        );
-        bytes.extend_from_slice(&chunk[..read]);
-    };
-    let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length: "))
-        .expect("a length")
-        .trim()
-        .parse()
-        .expect("a number");
-    while bytes.len() < head_end + length {
-        let read = stream.read(&mut chunk).await.expect("read");
-        assert!(read > 0, "closed in the body");
-        bytes.extend_from_slice(&chunk[..read]);
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 #[tokio::test]
 async fn a_bot_slow_to_read_an_answer_has_the_whole_header_timeout_for_its_next_call() {
     // An answer far larger than the socket buffers: hookside's write lasts until the bot
@@ -857,21 +824,27 @@ async fn a_bot_slow_to_read_an_answer_has_the_whole_header_timeout_for_its_next_
         &webhook(&format!("http://{}/", upstream.host()), ""),
     );
     let process = start(&dir, &args);
-    use tokio::io::AsyncWriteExt;
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("buffer size");
-    let mut stream = socket.connect(process.bot).await.expect("connect");
+    let mut bot = Client::over(socket.connect(process.bot).await.expect("connect"));
     let request = format!(
         "POST /v1/webhooks/w HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CANARY}\r\ncontent-length: 2\r\n\r\n{{}}"
     );
-    stream.write_all(request.as_bytes()).await.expect("write");
+    bot.send(&request).await;
     // The bot starts reading only after twice the header timeout.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let first = read_answer(&mut stream).await;
-    assert!(first.starts_with("HTTP/1.1 200"), "{}", &first[..200]);
-    assert!(first.len() > 9 * 1024 * 1024, "the whole answer");
+    let first = bot.answer().await.expect("the first answer");
+    assert_eq!(first.status, 200, "{:?}", first.headers);
+    assert_eq!(
+        first.body["response"]["pad"].as_str().map(str::len),
+        Some(9 * 1024 * 1024),
+        "the whole answer"
+    );
     // At once, the next call on the same connection.
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let second = read_answer(&mut stream).await;
-    assert!(second.starts_with("HTTP/1.1 200"), "{}", &second[..200]);
+    bot.send(&request).await;
+    let second = bot
+        .answer()
+        .await
+        .expect("the second answer, not a closed connection");
+    assert_eq!(second.status, 200, "{:?}", second.headers);
 }

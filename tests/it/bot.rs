@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
-use crate::util::{Dir, Hookside, Reply, Upstream};
+use crate::util::{Answer, Client, Dir, Hookside, Reply, Upstream};
 
 /// An upstream that answers with the path it was called on, and hookside with webhook `w`
 /// mapping it into `path`.
@@ -35,108 +34,16 @@ fn call(id: &str, extra: &str) -> String {
     )
 }
 
-/// One answer as it came on the wire.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Value,
-}
-
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     fn path(&self) -> &str {
         self.body["variables"]["path"].as_str().unwrap_or_default()
-    }
-}
-
-/// A raw client connection that reads answers one by one (`Content-Length` framed).
-struct Client {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Client {
-    async fn connect(hookside: &Hookside) -> Client {
-        Client {
-            stream: TcpStream::connect(hookside.bot).await.expect("connect"),
-            buffer: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &str) {
-        self.stream
-            .write_all(bytes.as_bytes())
-            .await
-            .expect("write");
-    }
-
-    /// The next answer (100 Continue skipped), or `None` if the connection closed first.
-    async fn answer(&mut self) -> Option<Answer> {
-        loop {
-            let mut fields = [httparse::EMPTY_HEADER; 32];
-            let mut response = httparse::Response::new(&mut fields);
-            if let Ok(httparse::Status::Complete(len)) = response.parse(&self.buffer) {
-                let status = response.code.expect("status");
-                let headers: Vec<(String, String)> = response
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                if status == 100 {
-                    self.buffer.drain(..len);
-                    continue;
-                }
-                let length: usize = headers
-                    .iter()
-                    .find(|(n, _)| n == "content-length")
-                    .map(|(_, v)| v.parse().expect("length"))
-                    .expect("a content-length");
-                if self.buffer.len() >= len + length {
-                    let body = serde_json::from_slice(&self.buffer[len..len + length])
-                        .expect("a JSON body");
-                    self.buffer.drain(..len + length);
-                    return Some(Answer {
-                        status,
-                        headers,
-                        body,
-                    });
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
-                .await
-                .expect("an answer within 10 s")
-                .expect("read");
-            if read == 0 {
-                assert!(self.buffer.is_empty(), "closed mid-answer");
-                return None;
-            }
-            self.buffer.extend_from_slice(&chunk[..read]);
-        }
-    }
-
-    /// Whether the server closed the connection (within 10 s), nothing else arriving.
-    async fn closed(&mut self) -> bool {
-        self.answer().await.is_none()
     }
 }
 
 #[tokio::test]
 async fn pipelined_calls_on_one_connection_are_answered_in_order() {
     let (upstream, _dir, hookside) = start().await;
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     // Three calls in one write, then one more after their answers.
     client
         .send(&format!(
@@ -162,7 +69,7 @@ async fn pipelined_calls_on_one_connection_are_answered_in_order() {
 #[tokio::test]
 async fn a_body_split_across_writes_is_waited_for() {
     let (_upstream, _dir, hookside) = start().await;
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     let request = call("split", "");
     let (first, rest) = request.split_at(request.len() - 5);
     client.send(first).await;
@@ -177,7 +84,7 @@ async fn a_body_split_across_writes_is_waited_for() {
 #[tokio::test]
 async fn errors_keep_the_connection_when_the_whole_body_was_read() {
     let (upstream, _dir, hookside) = start().await;
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
 
     let unknown = call("x", "").replace("/v1/webhooks/w ", "/v1/webhooks/nope ");
     client.send(&unknown).await;
@@ -204,7 +111,7 @@ async fn errors_keep_the_connection_when_the_whole_body_was_read() {
 async fn a_body_over_the_limit_or_connection_close_ends_the_connection() {
     let (upstream, _dir, hookside) = start().await;
 
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     client
         .send("POST /v1/webhooks/w HTTP/1.1\r\nhost: x\r\ncontent-length: 5000000\r\n\r\n{")
         .await;
@@ -214,7 +121,7 @@ async fn a_body_over_the_limit_or_connection_close_ends_the_connection() {
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(client.closed().await);
 
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     client.send(&call("last", "Connection: close\r\n")).await;
     let answer = client.answer().await.expect("answer");
     assert_eq!(answer.path(), "/orders/last");
@@ -228,7 +135,7 @@ async fn what_else_comes_is_served_by_hyper_on_the_same_connection() {
     let (upstream, _dir, hookside) = start().await;
 
     // A chunked body, then a plain call: both answered on one connection.
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     let body = json!({ "extractedData": { "id": "chunked" } }).to_string();
     client
         .send(&format!(
@@ -247,7 +154,7 @@ async fn what_else_comes_is_served_by_hyper_on_the_same_connection() {
     );
 
     // Expect: 100-continue: the body is sent only after the interim answer.
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     let request = call("expect", "expect: 100-continue\r\n");
     let (head, body) = request.split_at(request.find("\r\n\r\n").expect("head") + 4);
     client.send(head).await;
@@ -264,7 +171,7 @@ async fn what_else_comes_is_served_by_hyper_on_the_same_connection() {
     );
 
     // The listing, then a call.
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     client
         .send("GET /v1/webhooks HTTP/1.1\r\nhost: x\r\n\r\n")
         .await;
@@ -277,7 +184,7 @@ async fn what_else_comes_is_served_by_hyper_on_the_same_connection() {
     );
 
     // More fields than the fast path parses (hyper takes up to 100).
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     let many: String = (0..40).map(|i| format!("x-field-{i}: {i}\r\n")).collect();
     client.send(&call("many", &many)).await;
     assert_eq!(
@@ -286,7 +193,7 @@ async fn what_else_comes_is_served_by_hyper_on_the_same_connection() {
     );
 
     // HTTP/1.0: answered, then closed.
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     client
         .send(&call("old", "").replacen("HTTP/1.1", "HTTP/1.0", 1))
         .await;
@@ -294,7 +201,7 @@ async fn what_else_comes_is_served_by_hyper_on_the_same_connection() {
     assert!(client.closed().await);
 
     // Two lengths: refused by hyper, nothing sent upstream.
-    let mut client = Client::connect(&hookside).await;
+    let mut client = Client::connect(hookside.bot).await;
     client.send(&call("twice", "content-length: 3\r\n")).await;
     let mut rest = String::new();
     let _ = tokio::time::timeout(
@@ -321,10 +228,10 @@ async fn shutdown_closes_idle_connections_and_lets_a_call_in_progress_finish() {
         ),
     );
     let hookside = Hookside::start(&dir.path().join("webhooks.d")).await;
-    let mut idle = Client::connect(&hookside).await;
+    let mut idle = Client::connect(hookside.bot).await;
     idle.send(&call("first", "")).await;
     assert_eq!(idle.answer().await.expect("answer").path(), "slow");
-    let mut busy = Client::connect(&hookside).await;
+    let mut busy = Client::connect(hookside.bot).await;
     busy.send(&call("busy", "")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     hookside.shut_down();

@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use hookside::app::{self, State};
 use hookside::config::Settings;
@@ -503,5 +504,111 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One answer as it came on the wire.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// Header fields, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl Answer {
+    /// The value of the field `name`, if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A raw client connection that reads answers one by one (`Content-Length` framed).
+pub struct Client {
+    /// The connection, for what the answers do not cover.
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    /// A connection to `address`.
+    pub async fn connect(address: SocketAddr) -> Client {
+        Client::over(TcpStream::connect(address).await.expect("connect"))
+    }
+
+    /// Answers read from `stream`, already connected.
+    pub fn over(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn send(&mut self, bytes: &str) {
+        self.stream
+            .write_all(bytes.as_bytes())
+            .await
+            .expect("write");
+    }
+
+    /// The next answer (100 Continue skipped), or `None` if the connection closed first.
+    pub async fn answer(&mut self) -> Option<Answer> {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut fields);
+            if let Ok(httparse::Status::Complete(len)) = response.parse(&self.buffer) {
+                let status = response.code.expect("status");
+                let headers: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                if status == 100 {
+                    self.buffer.drain(..len);
+                    continue;
+                }
+                let length: usize = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .map(|(_, v)| v.parse().expect("length"))
+                    .expect("a content-length");
+                if self.buffer.len() >= len + length {
+                    let body = serde_json::from_slice(&self.buffer[len..len + length])
+                        .expect("a JSON body");
+                    self.buffer.drain(..len + length);
+                    return Some(Answer {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("an answer within 10 s")
+                .expect("read");
+            if read == 0 {
+                assert!(self.buffer.is_empty(), "closed mid-answer");
+                return None;
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// Whether the server closed the connection (within 10 s), nothing else arriving.
+    pub async fn closed(&mut self) -> bool {
+        self.answer().await.is_none()
     }
 }
