@@ -24,6 +24,7 @@ repeatable where wall-clock is not) and, for hookside, allocations per invocatio
 Flags: --instructions-only, --no-instructions, --cpu-split (user and system CPU time per
 request of each proxy under saturation, alone).
 """
+import contextlib
 import json
 import os
 import re
@@ -283,34 +284,43 @@ def saturation(lab, name, seconds, script, rss_of=None, client_core=None):
             "busy0": busy.get("cpu0"), "busy1": busy.get("cpu1"), "cpu_us": cpu_us}
 
 
-def fixed_rate(lab, name, seconds):
-    """One open-loop round at RATE; its percentiles and every request's latency (ms)."""
-    db = f"{lab.work}/fixed-{name}.db"
-    if os.path.exists(db):
+def fixed_rate(lab, names, seconds):
+    """One open-loop round at RATE for each of `names`, all at the same time (one oha each):
+    each one's percentiles and every request's latency (ms)."""
+    running = {}
+    for name in names:
+        db = f"{lab.work}/fixed-{name}.db"
+        if os.path.exists(db):
+            os.remove(db)
+        command = pinned(CLIENT_CORE, [
+            "oha", "-z", f"{seconds}s", "-q", str(RATE), "-c", str(CONNECTIONS), "--latency-correction",
+            "--no-tui", "--output-format", "json", "--db-url", db, "-m", "POST", "-d", CONVERSATION,
+            "-H", "content-type: application/json", "-H", "x-session: s-1", lab.target(name)])
+        running[name] = (db, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    results = {}
+    for name, (db, process) in running.items():
+        out, _ = process.communicate(timeout=seconds + 60)
+        if process.returncode != 0:
+            raise RuntimeError(f"{name}: oha failed at fixed rate")
+        report = json.loads(out)
+        percentiles = report["latencyPercentiles"]
+        status = report.get("statusCodeDistribution", {})
+        if set(status) - {"200"}:
+            raise RuntimeError(f"{name}: non-200 answers at fixed rate: {status}")
+        # Each request's latency from when it was due (oha's latency correction), as oha's
+        # own percentiles count it: pooled over rounds, they give percentiles with more samples.
+        with contextlib.closing(sqlite3.connect(db)) as records:
+            latencies = [(end - (due if due is not None else start)) * 1e3 for start, due, end in
+                         records.execute("select start, start_latency_correction, end from oha")]
         os.remove(db)
-    command = pinned(CLIENT_CORE, [
-        "oha", "-z", f"{seconds}s", "-q", str(RATE), "-c", str(CONNECTIONS), "--latency-correction",
-        "--no-tui", "--output-format", "json", "--db-url", db, "-m", "POST", "-d", CONVERSATION,
-        "-H", "content-type: application/json", "-H", "x-session: s-1", lab.target(name)])
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    report = json.loads(out)
-    percentiles = report["latencyPercentiles"]
-    status = report.get("statusCodeDistribution", {})
-    if set(status) - {"200"}:
-        raise RuntimeError(f"{name}: non-200 answers at fixed rate: {status}")
-    # Each request's latency from when it was due (oha's latency correction), as oha's own
-    # percentiles count it: pooled over rounds, they give percentiles with more samples.
-    with sqlite3.connect(db) as records:
-        latencies = [(end - (due if due is not None else start)) * 1e3 for start, due, end in
-                     records.execute("select start, start_latency_correction, end from oha")]
-    os.remove(db)
-    return {
-        "p50_ms": percentiles["p50"] * 1e3,
-        "p99_ms": percentiles["p99"] * 1e3,
-        "p999_ms": percentiles["p99.9"] * 1e3,
-        "rps": report["summary"]["requestsPerSec"],
-        "latencies_ms": latencies,
-    }
+        results[name] = {
+            "p50_ms": percentiles["p50"] * 1e3,
+            "p99_ms": percentiles["p99"] * 1e3,
+            "p999_ms": percentiles["p99.9"] * 1e3,
+            "rps": report["summary"]["requestsPerSec"],
+            "latencies_ms": latencies,
+        }
+    return results
 
 
 def cpu_ticks(pid):
@@ -358,6 +368,11 @@ def spread(values):
     return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
 
 
+def signed(values):
+    """Median (min..max) of differences, with their signs."""
+    return f"{statistics.median(values):+.3f} ({min(values):+.3f}..{max(values):+.3f})"
+
+
 def percentile(ordered, share):
     """The value below which `share` of the sorted values fall (nearest rank, as oha counts)."""
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
@@ -376,6 +391,7 @@ def timing(rounds, seconds):
         sat = {n: [] for n in contenders}
         pod = {n: [] for n in contenders}
         fixed = {n: [] for n in contenders}
+        together = {"nginx": [], "haproxy": []}
         for r in range(rounds):
             for name in contenders:
                 sat[name].append(saturation(lab, name, seconds, script,
@@ -383,10 +399,15 @@ def timing(rounds, seconds):
             for name in contenders:
                 pod[name].append(saturation(lab, name, seconds, script, client_core=CONTENDER_CORE))
             for name in contenders:
-                fixed[name].append(fixed_rate(lab, name, seconds))
+                fixed[name].append(fixed_rate(lab, [name], seconds)[name])
+            for proxy in ["nginx", "haproxy"]:
+                # Both at once, so that a stall of the machine hits both alike; who starts
+                # first alternates.
+                pair = [proxy, "hookside"] if r % 2 == 0 else ["hookside", proxy]
+                together[proxy].append(fixed_rate(lab, pair, seconds))
             print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {sat[n][-1]['rps']:.0f}/s" for n in contenders)
                   + "; pod: " + ", ".join(f"{n} {pod[n][-1]['rps']:.0f}/s" for n in contenders), file=sys.stderr)
-        return {"saturation": sat, "pod": pod, "fixed": fixed, "idle_rss_mib": idle_rss}
+        return {"saturation": sat, "pod": pod, "fixed": fixed, "together": together, "idle_rss_mib": idle_rss}
     finally:
         lab.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -422,7 +443,7 @@ def report_timing(result):
     lines += ["", f"Fixed rate, every request of every round together ({len(fixed['direct'])} rounds): a "
               "stall of the machine delays all the requests due during it, whichever contender runs, "
               "and one round holds only a few such stalls, so these percentiles, with rounds times "
-              "more samples, are the steadier comparison:", "",
+              "more samples, are steadier than one round's:", "",
               "| contender | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 added over direct ms |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     pooled = {name: sorted(x for r in runs for x in r["latencies_ms"]) for name, runs in fixed.items()}
@@ -435,6 +456,24 @@ def report_timing(result):
     for other in ["nginx", "haproxy"]:
         lower = sum(h["p99_ms"] <= o["p99_ms"] for h, o in zip(fixed["hookside"], fixed[other]))
         lines.append(f"- rounds where hookside's p99 was at or below {other}'s: {lower} of {len(fixed[other])}")
+    lines += ["", f"Fixed rate, hookside and one proxy measured at the same time (one oha each at {RATE} "
+              "requests/s, both on core 1; both contenders on core 0), so that a stall hits both alike: "
+              "hookside's percentile minus the proxy's in the same round, median (min-max) over "
+              "rounds, and the percentiles of all the rounds' requests together:", "",
+              "| hookside against | p50 difference ms | p99 difference ms | p99.9 difference ms "
+              "| rounds hookside's p99 at or below | all requests: p50 ms | p99 ms | p99.9 ms |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for other, rounds in result["together"].items():
+        differences = {key: [r["hookside"][key] - r[other][key] for r in rounds]
+                       for key in ["p50_ms", "p99_ms", "p999_ms"]}
+        lower = sum(d <= 0 for d in differences["p99_ms"])
+        pooled_pair = {name: sorted(x for r in rounds for x in r[name]["latencies_ms"]) for name in [other, "hookside"]}
+        shown = {name: "/".join(f"{percentile(v, share):.3f}" for v in [pooled_pair["hookside"], pooled_pair[other]])
+                 for name, share in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)]}
+        lines.append(f"| {other} | {signed(differences['p50_ms'])} | {signed(differences['p99_ms'])} "
+                     f"| {signed(differences['p999_ms'])} | {lower} of {len(rounds)} "
+                     f"| {shown['p50']} | {shown['p99']} | {shown['p999']} |")
+    lines += ["", "(all requests: hookside's figure / the proxy's)"]
     lines += ["", f"hookside resident memory: idle {result['idle_rss_mib']:.1f} MiB, under load "
               f"{spread([r['rss_mib'] for r in sat['hookside']])} MiB"]
     return "\n".join(lines)
