@@ -205,10 +205,15 @@ async fn invoke(
             call(state, &webhook, Data::Picked(selection, &conversation)).await?,
         )),
         Some(dry_run) => {
+            // Parsed under `Selection::all()` above, so all of it is there.
+            let conversation = conversation.into_whole(selection).ok_or_else(|| {
+                ApiError::new(ErrorKind::Internal, "the conversation was not kept whole")
+                    .for_webhook(name)
+            })?;
             let run = crate::testrun::run(
                 &state.upstream,
                 &webhook,
-                &conversation.into_whole(selection).unwrap_or_default(),
+                &conversation,
                 dry_run,
                 state.settings.max_response_body,
             )
