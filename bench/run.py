@@ -16,7 +16,9 @@ The upstream is nginx answering a fixed JSON document. Layouts on the 2 cores:
          upstream alone on core 1: saturation only. Here the contender's core is the limit
          whatever the contender; in `split`, an efficient contender leaves core 1 the
          limit (each saturation round reports both cores' busy share).
-Rounds interleave the contenders (A B C D A B C D ...) so that drift hits all alike.
+Rounds interleave the contenders (A B C D A B C D ...) so that drift hits all alike. At a
+fixed rate each contender also runs alone, then hookside runs at the same time as each proxy
+(one oha each), so that the machine's stalls hit both of a pair alike.
 Loopback only; every run is bounded.
 
 Then, for hookside, nginx and HAProxy: CPU instructions per request (valgrind callgrind,
