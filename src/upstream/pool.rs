@@ -128,7 +128,9 @@ impl Pool {
             let (taken, reused) = match self.take(started) {
                 Some(taken) => (taken, true),
                 None => (
-                    tokio::time::timeout_at(at, self.connect())
+                    // Boxed, as is the HTTP/2 call: their futures (TLS, HTTP/2) are
+                    // kilobytes, and would otherwise be part of every request's future.
+                    tokio::time::timeout_at(at, Box::pin(self.connect()))
                         .await
                         .map_err(|_| late())??,
                     false,
@@ -150,7 +152,7 @@ impl Pool {
                     }
                 }
                 Taken::Http2(sender) => {
-                    let call = self.call_http2(sender, request, limit);
+                    let call = Box::pin(self.call_http2(sender, request, limit));
                     match tokio::time::timeout_at(at, call)
                         .await
                         .map_err(|_| late())?
