@@ -3,6 +3,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY build.rs link-order.txt ./
 COPY src ./src
 COPY examples ./examples
 RUN cargo build --release --locked --bin hookside && strip target/release/hookside

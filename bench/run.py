@@ -535,13 +535,27 @@ def instructions(requests=2000, warmup=200):
     return "\n".join(lines)
 
 
+def link_order():
+    """How much of link-order.txt the measured binary has (build.rs, bench/order.py)."""
+    path = os.path.join(ROOT, "link-order.txt")
+    if not os.path.exists(path):
+        return "link order: no link-order.txt (functions in the compiler's order)"
+    with open(path) as f:
+        wanted = {line.strip() for line in f if line.strip()}
+    names = subprocess.run(["nm", HOOKSIDE], capture_output=True, text=True).stdout.split()
+    found = len(wanted & set(names))
+    return (f"link order: {found} of the {len(wanted)} functions of link-order.txt are in the binary"
+            + ("" if found == len(wanted) else " (python3 bench/order.py writes it anew)"))
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rounds = int(args[0]) if args else 5
     seconds = int(args[1]) if len(args) > 1 else 5
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    print(f"hookside bench at commit {commit}, {os.cpu_count()} cores, {rounds} rounds of {seconds} s\n")
+    print(f"hookside bench at commit {commit}, {os.cpu_count()} cores, {rounds} rounds of {seconds} s")
+    print(f"{link_order()}\n")
     if "--cpu-split" in sys.argv:
         print(cpu_split(seconds))
         return
