@@ -25,6 +25,10 @@ Then, for hookside, nginx and HAProxy: CPU instructions per request (valgrind ca
 repeatable where wall-clock is not) and, for hookside, allocations per invocation (dhat).
 Flags: --instructions-only, --no-instructions, --cpu-split (user and system CPU time per
 request of each proxy under saturation, alone).
+
+A/B of two builds: python3 bench/run.py --ab BIN_A BIN_B [ROUNDS] [SECONDS] (defaults 12 and
+5) runs them at the same time as the side-by-side rounds do, and reports A minus B; either one
+may be `nginx`.
 """
 import contextlib
 import json
@@ -204,9 +208,9 @@ class Lab:
 
     def target(self, name):
         port = self.ports[name]
-        if name == "hookside":
-            return f"http://127.0.0.1:{port}/v1/webhooks/bench"
-        return f"http://127.0.0.1:{port}/v1/orders/A-17"
+        if name in ("direct", "nginx", "haproxy"):
+            return f"http://127.0.0.1:{port}/v1/orders/A-17"
+        return f"http://127.0.0.1:{port}/v1/webhooks/bench"  # hookside, or a build of `ab`
 
     def stop(self):
         for process in self.processes:
@@ -466,19 +470,63 @@ def report_timing(result):
               "| rounds hookside's p99 at or below | all requests: p50 ms | p99 ms | p99.9 ms |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for other, rounds in result["together"].items():
-        differences = {key: [r["hookside"][key] - r[other][key] for r in rounds]
-                       for key in ["p50_ms", "p99_ms", "p999_ms"]}
-        lower = sum(d <= 0 for d in differences["p99_ms"])
-        pooled_pair = {name: sorted(x for r in rounds for x in r[name]["latencies_ms"]) for name in [other, "hookside"]}
-        shown = {name: "/".join(f"{percentile(v, share):.3f}" for v in [pooled_pair["hookside"], pooled_pair[other]])
-                 for name, share in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)]}
-        lines.append(f"| {other} | {signed(differences['p50_ms'])} | {signed(differences['p99_ms'])} "
-                     f"| {signed(differences['p999_ms'])} | {lower} of {len(rounds)} "
-                     f"| {shown['p50']} | {shown['p99']} | {shown['p999']} |")
+        lines.append(side_by_side_row(other, rounds, "hookside", other))
     lines += ["", "(all requests: hookside's figure / the proxy's)"]
     lines += ["", f"hookside resident memory: idle {result['idle_rss_mib']:.1f} MiB, under load "
               f"{spread([r['rss_mib'] for r in sat['hookside']])} MiB"]
     return "\n".join(lines)
+
+
+def side_by_side_row(label, rounds, first, second):
+    """A row of a side-by-side table: `first` minus `second` in each round (median, min..max),
+    the rounds where `first`'s p99 was at or below, and both over all requests."""
+    differences = {key: [r[first][key] - r[second][key] for r in rounds] for key in ["p50_ms", "p99_ms", "p999_ms"]}
+    lower = sum(d <= 0 for d in differences["p99_ms"])
+    pooled = {name: sorted(x for r in rounds for x in r[name]["latencies_ms"]) for name in [first, second]}
+    shown = {key: "/".join(f"{percentile(pooled[name], share):.3f}" for name in [first, second])
+             for key, share in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)]}
+    return (f"| {label} | {signed(differences['p50_ms'])} | {signed(differences['p99_ms'])} "
+            f"| {signed(differences['p999_ms'])} | {lower} of {len(rounds)} "
+            f"| {shown['p50']} | {shown['p99']} | {shown['p999']} |")
+
+
+def ab(binaries, rounds, seconds):
+    """Two hookside builds, or a build and nginx (named `nginx`), measured at the same time as
+    the bench's side-by-side rounds are: one oha each at RATE, who starts first alternating."""
+    if binaries.count("nginx") > 1:
+        raise SystemExit("--ab needs at least one hookside binary")
+    work = tempfile.mkdtemp(prefix="hookside-ab-")
+    lab = Lab(work, only={"nginx"})
+    try:
+        names = []
+        for label, binary in zip(["A", "B"], binaries):
+            if binary == "nginx":
+                names.append("nginx")
+                continue
+            port, admin = free_port(), free_port()
+            lab.ports[label] = port
+            lab.pids[label] = lab.start(CONTENDER_CORE, [
+                binary, "serve", "--dir", f"{work}/webhooks.d", "--listen", f"127.0.0.1:{port}",
+                "--admin-listen", f"127.0.0.1:{admin}"], port)
+            names.append(label)
+        for name in names:  # warm-up: connections, pools, caches
+            fixed_rate(lab, [name], 1)
+        results = []
+        for r in range(rounds):
+            results.append(fixed_rate(lab, names if r % 2 == 0 else names[::-1], seconds))
+            print(f"round {r + 1}/{rounds}", file=sys.stderr)
+    finally:
+        lab.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    first, second = names
+    return "\n".join([
+        f"A: {binaries[0]}", f"B: {binaries[1]}", "",
+        f"Side by side at {RATE} requests/s each, {rounds} rounds of {seconds} s: A minus B in each round, "
+        "median (min..max), and all requests together (A / B):", "",
+        "| | p50 difference ms | p99 difference ms | p99.9 difference ms | rounds A's p99 at or below "
+        "| all requests: p50 ms | p99 ms | p99.9 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        side_by_side_row("A - B", results, first, second)])
 
 
 def valgrind_count(tool, name, requests):
@@ -549,6 +597,11 @@ def link_order():
 
 
 def main():
+    if "--ab" in sys.argv:
+        at = sys.argv.index("--ab")
+        numbers = [int(a) for a in sys.argv[at + 3:] if not a.startswith("--")]
+        print(ab(sys.argv[at + 1:at + 3], *(numbers + [12, 5][len(numbers):])))
+        return
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rounds = int(args[0]) if args else 5
     seconds = int(args[1]) if len(args) > 1 else 5
