@@ -1,6 +1,7 @@
 # hookside: a small, non-root image.
 # Build with: docker build -t hookside .
-FROM rust:1-bookworm AS build
+# The toolchain link-order.txt was written with (its names carry hashes of the compiler).
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY build.rs link-order.txt ./

@@ -1,17 +1,19 @@
 //! Release builds of the binary place the functions that every bot call runs next to each
 //! other (`link-order.txt`, written by `bench/order.py`), so that a call touches fewer
-//! pages and cache lines of code: about 3 us less at the median at 2,000 calls/s
-//! (BENCHMARKS.md, "Code layout").
+//! pages of code: 2 to 5 us less at the median at 2,000 calls/s (BENCHMARKS.md, "Code
+//! layout").
 //!
-//! Only where the linker is LLD, which reads `--symbol-ordering-file`: Rust links x86_64
-//! Linux with it from 1.90. `HOOKSIDE_LINK_ORDER=0` turns it off (say, for another linker
-//! chosen through a config file, which this script cannot see). A name in the file that the
-//! binary does not have (it changed since the file was written) is skipped without a
-//! warning: the order is an optimisation, never a reason for a build to fail.
+//! Only where the linker takes the list (`--symbol-ordering-file`: LLD, which rustup's Rust
+//! uses on x86_64 Linux from 1.90, and mold): a probe links an empty program with the same
+//! rustc, target, flags and linker, and the list is passed only if that link succeeds.
+//! `HOOKSIDE_LINK_ORDER=0` turns it off. A name in the list that the binary does not have
+//! is skipped without a warning: the order is an optimisation, never a reason for a build
+//! to fail.
 
 use std::env;
-use std::path::Path;
-use std::process::Command;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 const ORDER: &str = "link-order.txt";
 
@@ -19,44 +21,88 @@ fn main() {
     println!("cargo:rerun-if-changed={ORDER}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=HOOKSIDE_LINK_ORDER");
-    let var = |name: &str| env::var(name).unwrap_or_default();
-    let wanted = var("HOOKSIDE_LINK_ORDER") != "0"
-        && var("PROFILE") == "release"
-        && var("CARGO_CFG_TARGET_ARCH") == "x86_64"
-        && var("CARGO_CFG_TARGET_OS") == "linux"
-        && var("CARGO_CFG_TARGET_ENV") == "gnu"
-        && !chooses_linker(&var("CARGO_ENCODED_RUSTFLAGS"));
     let order = Path::new(&var("CARGO_MANIFEST_DIR")).join(ORDER);
-    if wanted && order.is_file() && links_with_lld(&var("RUSTC")) {
+    if var("HOOKSIDE_LINK_ORDER") == "0"
+        || var("PROFILE") != "release"
+        || var("CARGO_CFG_TARGET_OS") != "linux"
+        || !order.is_file()
+    {
+        return;
+    }
+    // `-Xlinker` pairs, not `-Wl,`: a comma in the path would split it.
+    let args = [
+        "-Xlinker".to_owned(),
+        format!("--symbol-ordering-file={}", order.display()),
+        "-Xlinker".to_owned(),
+        "--no-warn-symbol-ordering".to_owned(),
+    ];
+    if !links_with(&args) {
         println!(
-            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            order.display()
+            "cargo:warning=the linker does not take --symbol-ordering-file: {ORDER} is not used"
         );
-        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+        return;
+    }
+    for arg in &args {
+        println!("cargo:rustc-link-arg-bins={arg}");
+    }
+    // The names carry hashes that depend on the compiler's version.
+    let written = fs::read_to_string(&order)
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("# "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let current = rustc_version();
+    if written != current {
+        println!(
+            "cargo:warning={ORDER} was written with {written:?}, this is {current:?}: few of \
+             its names match (python3 bench/order.py writes it anew)"
+        );
     }
 }
 
-/// Whether the flags pick a linker (or linker flavour) of their own.
-fn chooses_linker(rustflags: &str) -> bool {
-    ["linker", "fuse-ld", "link-self-contained"]
-        .iter()
-        .any(|flag| rustflags.contains(flag))
+fn var(name: &str) -> String {
+    env::var(name).unwrap_or_default()
 }
 
-/// Whether `rustc` links x86_64 Linux with its own LLD by default: 1.90 and later.
-fn links_with_lld(rustc: &str) -> bool {
-    let rustc = if rustc.is_empty() { "rustc" } else { rustc };
-    let Ok(output) = Command::new(rustc).arg("--version").output() else {
-        return false;
-    };
-    // "rustc 1.95.0 (59807616e 2026-04-14)"
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut numbers = text
-        .split_whitespace()
-        .nth(1)
+fn rustc() -> Command {
+    let rustc = var("RUSTC");
+    Command::new(if rustc.is_empty() { "rustc" } else { &rustc })
+}
+
+/// `rustc --version`'s line, as `bench/order.py` writes it at the top of the list.
+fn rustc_version() -> String {
+    rustc()
+        .arg("--version")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
         .unwrap_or_default()
-        .split(['.', '-'])
-        .map(|part| part.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    major > 1 || (major == 1 && minor >= 90)
+}
+
+/// Whether an empty program links for the target with `args` added, as this package's
+/// binary would (the same rustc, flags and linker).
+fn links_with(args: &[String]) -> bool {
+    let out = PathBuf::from(var("OUT_DIR"));
+    let source = out.join("link-probe.rs");
+    if fs::write(&source, "fn main() {}\n").is_err() {
+        return false;
+    }
+    let mut probe = rustc();
+    probe
+        .arg(&source)
+        .arg("-o")
+        .arg(out.join("link-probe"))
+        .args(["--target", &var("TARGET")]);
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    probe.args(flags.split('\x1f').filter(|flag| !flag.is_empty()));
+    if let Ok(linker) = env::var("RUSTC_LINKER") {
+        probe.arg(format!("-Clinker={linker}"));
+    }
+    probe.args(args.iter().map(|arg| format!("-Clink-arg={arg}")));
+    probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }

@@ -4,12 +4,15 @@ build.rs hands the file to the linker (LLD's --symbol-ordering-file), which plac
 functions next to each other, most instructions first; BENCHMARKS.md ("Code layout") has
 what that gains. A function counts when it runs more with more calls: callgrind counts
 instructions per function (names left mangled, as the linker knows them) with 200 calls,
-then with 2,200, and only the difference is kept, so start-up and loading are left out.
+then with 2,200, and only the difference is kept, so start-up and loading are left out;
+so is what adds less than one instruction per call (work done now and then, not per call).
 The calls are the bench's webhook, from 32 connections at 300 calls/s, as in the
 fixed-rate test.
 
-Run after a change to the code or the dependencies (names carry a hash, so a file from an
-older build matches less of the new one; bench/run.py reports how much still matches):
+Run after a change to the code, the dependencies or the compiler (names carry a hash, so a
+file from an older build matches less of the new one; bench/run.py reports how much still
+matches, and build.rs warns when the compiler is not the one named on the file's first line,
+a comment to the linker):
 
     cargo build --release --locked && python3 bench/order.py      # about 2 minutes
 """
@@ -59,10 +62,14 @@ def instructions_by_function(calls):
 def main():
     few, many = instructions_by_function(200), instructions_by_function(2200)
     per_call = {name: (count - few.get(name, 0)) / 2000 for name, count in many.items()}
-    hot = sorted((name for name, count in per_call.items() if count > 0),
+    # At least one instruction per call: what runs now and then (a timer, a thread of the
+    # blocking pool, the cached Date header) also grows with the run's length, by a little.
+    hot = sorted((name for name, count in per_call.items() if count >= 1),
                  key=lambda name: -per_call[name])
+    # The names' hashes depend on the compiler: build.rs warns when another one builds.
+    version = subprocess.run(["rustc", "--version"], capture_output=True, text=True, check=True).stdout.strip()
     with open(ORDER, "w") as f:
-        f.write("".join(f"{name}\n" for name in hot))
+        f.write(f"# {version}\n" + "".join(f"{name}\n" for name in hot))
     print(f"{ORDER}: {len(hot)} functions, {sum(per_call[n] for n in hot):,.0f} instructions per call")
 
 

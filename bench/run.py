@@ -493,10 +493,10 @@ def side_by_side_row(label, rounds, first, second):
 def ab(binaries, rounds, seconds):
     """Two hookside builds, or a build and nginx (named `nginx`), measured at the same time as
     the bench's side-by-side rounds are: one oha each at RATE, who starts first alternating."""
-    if binaries.count("nginx") > 1:
-        raise SystemExit("--ab needs at least one hookside binary")
+    if len(binaries) != 2 or binaries.count("nginx") > 1:
+        raise SystemExit("--ab takes two binaries, one of which may be `nginx`")
     work = tempfile.mkdtemp(prefix="hookside-ab-")
-    lab = Lab(work, only={"nginx"})
+    lab = Lab(work, only={"nginx"} & set(binaries))
     try:
         names = []
         for label, binary in zip(["A", "B"], binaries):
@@ -589,7 +589,7 @@ def link_order():
     if not os.path.exists(path):
         return "link order: no link-order.txt (functions in the compiler's order)"
     with open(path) as f:
-        wanted = {line.strip() for line in f if line.strip()}
+        wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
     names = subprocess.run(["nm", HOOKSIDE], capture_output=True, text=True).stdout.split()
     found = len(wanted & set(names))
     return (f"link order: {found} of the {len(wanted)} functions of link-order.txt are in the binary"
@@ -600,6 +600,8 @@ def main():
     if "--ab" in sys.argv:
         at = sys.argv.index("--ab")
         numbers = [int(a) for a in sys.argv[at + 3:] if not a.startswith("--")]
+        if len(numbers) > 2:
+            raise SystemExit("usage: run.py --ab BIN_A BIN_B [ROUNDS] [SECONDS]")
         print(ab(sys.argv[at + 1:at + 3], *(numbers + [12, 5][len(numbers):])))
         return
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
