@@ -36,10 +36,8 @@ def instructions_by_function(calls):
     wrapper = ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}"]
     lab = run.Lab(work, hookside_wrapper=wrapper, only={"hookside"})
     try:
-        subprocess.run(run.pinned(run.CLIENT_CORE, [
-            "oha", "-n", str(calls), "-c", "32", "-q", "300", "--no-tui", "-m", "POST",
-            "-d", run.CONVERSATION, "-H", "content-type: application/json", "-H", "x-session: s-1",
-            lab.target("hookside")]), capture_output=True, check=True, timeout=600)
+        subprocess.run(run.oha(lab.target("hookside"), "-n", str(calls), "-c", "32", "-q", "300"),
+                       capture_output=True, check=True, timeout=600)
     finally:
         lab.stop()
     annotated = subprocess.run(["callgrind_annotate", "--threshold=100", out],

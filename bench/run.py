@@ -65,6 +65,18 @@ UPSTREAM_ANSWER = ('{"order":{"id":"A-17","status":"shipped","delivery":{"eta":"
                    '"carrier":"DHL"},"items":[{"sku":"A-1","qty":2},{"sku":"B-7","qty":1}]}}')
 
 
+def oha(target, *options):
+    """oha posting the bench's conversation to `target`, pinned to the client core."""
+    return pinned(CLIENT_CORE, ["oha", *options, "--no-tui", "-m", "POST", "-d", CONVERSATION,
+                                "-H", "content-type: application/json", "-H", "x-session: s-1", target])
+
+
+def hookside_command(binary, work, port, admin):
+    """`binary serve` on the bench's webhooks, bot calls on `port`."""
+    return [binary, "serve", "--dir", f"{work}/webhooks.d", "--listen", f"127.0.0.1:{port}",
+            "--admin-listen", f"127.0.0.1:{admin}"]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,9 +200,9 @@ class Lab:
             "direct": [NGINX, "-c", f"{work}/direct.conf", "-p", work],
             "nginx": [NGINX, "-c", f"{work}/nginx.conf", "-p", work],
             "haproxy": [HAPROXY, "-f", f"{work}/haproxy.cfg", "-db"],
-            "hookside": (hookside_wrapper or []) + [
-                HOOKSIDE_SYSTEM_ALLOC if hookside_wrapper and "--tool=dhat" in hookside_wrapper else HOOKSIDE, "serve", "--dir", f"{work}/webhooks.d",
-                "--listen", f"127.0.0.1:{p['hookside']}", "--admin-listen", f"127.0.0.1:{p['admin']}"],
+            "hookside": (hookside_wrapper or []) + hookside_command(
+                HOOKSIDE_SYSTEM_ALLOC if hookside_wrapper and "--tool=dhat" in hookside_wrapper else HOOKSIDE,
+                work, p["hookside"], p["admin"]),
         }
         self.pids = {}
         for name, command in commands.items():
@@ -298,10 +310,8 @@ def fixed_rate(lab, names, seconds):
         db = f"{lab.work}/fixed-{name}.db"
         if os.path.exists(db):
             os.remove(db)
-        command = pinned(CLIENT_CORE, [
-            "oha", "-z", f"{seconds}s", "-q", str(RATE), "-c", str(CONNECTIONS), "--latency-correction",
-            "--no-tui", "--output-format", "json", "--db-url", db, "-m", "POST", "-d", CONVERSATION,
-            "-H", "content-type: application/json", "-H", "x-session: s-1", lab.target(name)])
+        command = oha(lab.target(name), "-z", f"{seconds}s", "-q", str(RATE), "-c", str(CONNECTIONS),
+                      "--latency-correction", "--output-format", "json", "--db-url", db)
         running[name] = (db, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
     results = {}
     for name, (db, process) in running.items():
@@ -505,9 +515,7 @@ def ab(binaries, rounds, seconds):
                 continue
             port, admin = free_port(), free_port()
             lab.ports[label] = port
-            lab.pids[label] = lab.start(CONTENDER_CORE, [
-                binary, "serve", "--dir", f"{work}/webhooks.d", "--listen", f"127.0.0.1:{port}",
-                "--admin-listen", f"127.0.0.1:{admin}"], port)
+            lab.pids[label] = lab.start(CONTENDER_CORE, hookside_command(binary, work, port, admin), port)
             names.append(label)
         for name in names:  # warm-up: connections, pools, caches
             fixed_rate(lab, [name], 1)
@@ -546,10 +554,8 @@ def valgrind_count(tool, name, requests):
                        "haproxy": [HAPROXY, "-f", f"{work}/haproxy.cfg", "-db"]}[name]
             lab.pids[name] = lab.start(CONTENDER_CORE, wrapper + command, lab.ports[name])
         if requests:
-            subprocess.run(pinned(CLIENT_CORE, [
-                "oha", "-n", str(requests), "-c", "1", "--no-tui", "-m", "POST", "-d", CONVERSATION,
-                "-H", "content-type: application/json", "-H", "x-session: s-1", lab.target(name)]),
-                capture_output=True, check=True, timeout=600)
+            subprocess.run(oha(lab.target(name), "-n", str(requests), "-c", "1"),
+                           capture_output=True, check=True, timeout=600)
     finally:
         if lab:
             lab.stop()
@@ -590,7 +596,10 @@ def link_order():
         return "link order: no link-order.txt (functions in the compiler's order)"
     with open(path) as f:
         wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
-    names = subprocess.run(["nm", HOOKSIDE], capture_output=True, text=True).stdout.split()
+    try:
+        names = subprocess.run(["nm", HOOKSIDE], capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:
+        return "link order: not checked (no `nm`: Debian's binutils)"
     found = len(wanted & set(names))
     return (f"link order: {found} of the {len(wanted)} functions of link-order.txt are in the binary"
             + ("" if found == len(wanted) else " (python3 bench/order.py writes it anew)"))
