@@ -30,9 +30,11 @@ A/B of two builds: python3 bench/run.py --ab BIN_A BIN_B [ROUNDS] [SECONDS] (def
 5) runs them at the same time as the side-by-side rounds do, and reports A minus B; either one
 may be `nginx`.
 """
+import bisect
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -481,7 +483,8 @@ def report_timing(result):
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for other, rounds in result["together"].items():
         lines.append(side_by_side_row(other, rounds, "hookside", other))
-    lines += ["", "(all requests: hookside's figure / the proxy's)"]
+    lines += ["", "(all requests: hookside's figure / the proxy's)", ""]
+    lines += [p99_interval(rounds, "hookside", other) for other, rounds in result["together"].items()]
     lines += ["", f"hookside resident memory: idle {result['idle_rss_mib']:.1f} MiB, under load "
               f"{spread([r['rss_mib'] for r in sat['hookside']])} MiB"]
     return "\n".join(lines)
@@ -498,6 +501,41 @@ def side_by_side_row(label, rounds, first, second):
     return (f"| {label} | {signed(differences['p50_ms'])} | {signed(differences['p99_ms'])} "
             f"| {signed(differences['p999_ms'])} | {lower} of {len(rounds)} "
             f"| {shown['p50']} | {shown['p99']} | {shown['p999']} |")
+
+
+def p99_interval(rounds, first, second, resamples=1000):
+    """How far the p99 comparison of a side-by-side run can be trusted: the rounds resampled
+    with replacement (each round keeps both contenders' requests, as they ran together), and
+    the 2.5th and 97.5th percentiles of `first` minus `second` over the resamples, for the
+    per-round median of the p99 difference and for the p99 of all requests."""
+    ordered = [{name: sorted(r[name]["latencies_ms"]) for name in [first, second]} for r in rounds]
+    differences = [r[first]["p99_ms"] - r[second]["p99_ms"] for r in rounds]
+
+    def pooled_p99(picks, name):
+        # The nearest-rank p99 of the picked rounds' requests together, without merging them:
+        # the smallest value with more than int(0.99 * n) values at or below it.
+        lists = [ordered[i][name] for i in picks]
+        rank = int(sum(len(values) for values in lists) * 0.99) + 1
+        low, high = 0.0, max(values[-1] for values in lists)
+        for _ in range(40):
+            middle = (low + high) / 2
+            if sum(bisect.bisect_right(values, middle) for values in lists) >= rank:
+                high = middle
+            else:
+                low = middle
+        return high
+
+    chance = random.Random(7)
+    medians, pooled = [], []
+    for _ in range(resamples):
+        picks = [chance.randrange(len(rounds)) for _ in rounds]
+        medians.append(statistics.median(differences[i] for i in picks))
+        pooled.append(pooled_p99(picks, first) - pooled_p99(picks, second))
+    interval = lambda values: (f"{percentile(sorted(values), 0.025) * 1000:+.0f}.."
+                               f"{percentile(sorted(values), 0.975) * 1000:+.0f} us")
+    return (f"95 % intervals from {resamples} resamples of the rounds, {first} minus {second}: "
+            f"p99 difference, median of the rounds {interval(medians)}; "
+            f"p99 of all requests {interval(pooled)}")
 
 
 def ab(binaries, rounds, seconds):
@@ -534,7 +572,8 @@ def ab(binaries, rounds, seconds):
         "| | p50 difference ms | p99 difference ms | p99.9 difference ms | rounds A's p99 at or below "
         "| all requests: p50 ms | p99 ms | p99.9 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        side_by_side_row("A - B", results, first, second)])
+        side_by_side_row("A - B", results, first, second), "",
+        p99_interval(results, first, second)])
 
 
 def valgrind_count(tool, name, requests):
