@@ -484,8 +484,9 @@ def report_timing(result):
     for other, rounds in result["together"].items():
         lines.append(side_by_side_row(other, rounds, "hookside", other))
     lines += ["", "(all requests: hookside's figure / the proxy's)", ""]
-    lines += [p99_interval(rounds, "hookside", other) for other, rounds in result["together"].items()]
-    lines += ["", f"hookside resident memory: idle {result['idle_rss_mib']:.1f} MiB, under load "
+    for other, rounds in result["together"].items():
+        lines += [p99_interval(rounds, "hookside", other), ""]
+    lines += [f"hookside resident memory: idle {result['idle_rss_mib']:.1f} MiB, under load "
               f"{spread([r['rss_mib'] for r in sat['hookside']])} MiB"]
     return "\n".join(lines)
 
@@ -503,11 +504,20 @@ def side_by_side_row(label, rounds, first, second):
             f"| {shown['p50']} | {shown['p99']} | {shown['p999']} |")
 
 
+# Fewer rounds than this give no interval for a side-by-side p99 comparison (the bench's
+# 9 rounds give one, on the narrow side; a long --ab run is the one to judge by).
+MIN_ROUNDS = 8
+
+
 def p99_interval(rounds, first, second, resamples=1000):
     """How far the p99 comparison of a side-by-side run can be trusted: the rounds resampled
     with replacement (each round keeps both contenders' requests, as they ran together), and
     the 2.5th and 97.5th percentiles of `first` minus `second` over the resamples, for the
-    per-round median of the p99 difference and for the p99 of all requests."""
+    per-round median of the p99 difference and for the p99 of all requests. With fewer than
+    MIN_ROUNDS rounds the resamples mean little, and it says so instead."""
+    if len(rounds) < MIN_ROUNDS or any(not r[name]["latencies_ms"] for r in rounds for name in [first, second]):
+        return (f"{first} minus {second}: no interval for the p99 difference "
+                f"(it takes {MIN_ROUNDS} rounds or more, each with requests)")
     ordered = [{name: sorted(r[name]["latencies_ms"]) for name in [first, second]} for r in rounds]
     differences = [r[first]["p99_ms"] - r[second]["p99_ms"] for r in rounds]
 
