@@ -1,13 +1,16 @@
 # hookside: a small, non-root image.
 # Build with: docker build -t hookside .
-# The toolchain link-order.txt was written with (its names carry hashes of the compiler).
+# The toolchain link-order.txt and pgo.profdata were written with (names carry hashes of the
+# compiler; the profile's format is its LLVM's).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY build.rs link-order.txt ./
+COPY build.rs link-order.txt pgo.profdata ./
 COPY src ./src
 COPY examples ./examples
-RUN cargo build --release --locked --bin hookside && strip target/release/hookside
+# Optimised with the profile of the bench's workload (bench/pgo.py; BENCHMARKS.md).
+RUN RUSTFLAGS="-Cprofile-use=/src/pgo.profdata" cargo build --release --locked --bin hookside \
+    && strip target/release/hookside
 
 # distroless/cc: glibc, CA certificates, no shell, runs as the "nonroot" user (65532).
 FROM gcr.io/distroless/cc-debian12:nonroot

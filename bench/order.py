@@ -9,12 +9,14 @@ so is what adds less than one instruction per call (work done now and then, not 
 The calls are the bench's webhook, from 32 connections at 300 calls/s, as in the
 fixed-rate test.
 
-Run after a change to the code, the dependencies or the compiler (names carry a hash, so a
-file from an older build matches less of the new one; bench/run.py reports how much still
-matches, and build.rs warns when the compiler is not the one named on the file's first line,
-a comment to the linker):
+Run after a change to the code, the dependencies, the compiler or pgo.profdata (names carry a
+hash, and the profile changes what is inlined, so a file from an older build matches less of
+the new one; bench/run.py reports how much still matches, and build.rs warns when the
+compiler is not the one named on the file's first line, a comment to the linker). It reads
+the build the bench measures, the one with the profile (the line bench/run.sh builds it with):
 
-    cargo build --release --locked && python3 bench/order.py      # about 2 minutes
+    RUSTFLAGS="-Cprofile-use=$PWD/pgo.profdata" cargo build --release --locked \
+        --bin hookside --target-dir target/pgo && python3 bench/order.py      # about 5 minutes
 """
 import os
 import re

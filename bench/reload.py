@@ -18,7 +18,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.environ.get("HOOKSIDE_BIN", os.path.join(ROOT, "target", "release", "hookside"))
+BINARY = os.environ.get("HOOKSIDE_BIN", os.path.join(ROOT, "target", "pgo", "release", "hookside"))
 WRITES = 20
 
 WEBHOOK = """company = "acme-{company}"

@@ -47,8 +47,11 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# HOOKSIDE_BIN and HOOKSIDE_SYSTEM_ALLOC_BIN measure other builds (say, an earlier commit's).
-HOOKSIDE = os.environ.get("HOOKSIDE_BIN", os.path.join(ROOT, "target", "release", "hookside"))
+# What is measured: the release build with the committed profile (pgo.profdata), which
+# bench/run.sh builds into target/pgo as the Dockerfile builds the image's. HOOKSIDE_BIN and
+# HOOKSIDE_SYSTEM_ALLOC_BIN measure other builds (say, an earlier commit's, or a plain
+# `cargo build --release`).
+HOOKSIDE = os.environ.get("HOOKSIDE_BIN", os.path.join(ROOT, "target", "pgo", "release", "hookside"))
 # The same build with the system allocator, which valgrind's dhat can count.
 HOOKSIDE_SYSTEM_ALLOC = os.environ.get(
     "HOOKSIDE_SYSTEM_ALLOC_BIN", os.path.join(ROOT, "target", "system-alloc", "release", "hookside"))

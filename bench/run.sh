@@ -2,7 +2,8 @@
 # hookside against nginx and HAProxy, side by side, on loopback.
 # Run with: bash bench/run.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 5 s per test)
 # Installs what it needs (Debian's nginx, haproxy, wrk, valgrind; oha from crates.io,
-# cached in ~/.cargo/bin), builds hookside in release mode, then runs bench/run.py.
+# cached in ~/.cargo/bin), builds hookside in release mode with the committed profile
+# (pgo.profdata, as the Dockerfile does), then runs bench/run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -15,6 +16,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
 command -v oha >/dev/null 2>&1 || cargo install oha --locked   # about 11 minutes, once
-cargo build --release --locked --bin hookside
+# target/pgo keeps these builds apart from plain ones (other RUSTFLAGS rebuild everything).
+if ! RUSTFLAGS="-Cprofile-use=$PWD/pgo.profdata" cargo build --release --locked --bin hookside --target-dir target/pgo; then
+  echo "bench: this compiler cannot use pgo.profdata (written for the one BENCHMARKS.md names);" >&2
+  echo "bench: measuring a build without it. python3 bench/pgo.py writes a profile for this one." >&2
+  cargo build --release --locked --bin hookside --target-dir target/pgo
+fi
 cargo build --release --locked --bin hookside --no-default-features --target-dir target/system-alloc
 exec python3 bench/run.py "$@"

@@ -1,0 +1,139 @@
+"""Writes pgo.profdata: the profile that release builds for deployment are optimised with.
+
+LLVM's profile-guided optimisation (rustc's `-Cprofile-use`) lays out and inlines each
+function by how often its branches and calls ran. BENCHMARKS.md ("Profile-guided
+optimisation") has what that gains. The profile comes from an instrumented build
+(`-Cprofile-generate`) serving the bench's lab:
+
+- the bench's webhook (plain lookups, a JSONPath) at 2,000 calls/s, then at saturation, as
+  the bench measures it;
+- a webhook of Jinja templates (filters, a text body, a typed body, an `if`), so that
+  minijinja's paths are laid out by how they run too;
+- Run Webhook (`/test`), a metrics scrape and a reload, a few times each.
+
+The raw profile is merged into the indexed file rustc reads by `llvm-profdata`, whose
+LLVM must read the compiler's raw format: Debian 12's `llvm-19` package reads rustc
+1.95's (LLVM 22). `LLVM_PROFDATA=...` names another one.
+
+Run after a change to the code, the dependencies or the compiler (a function whose code
+changed gets no profile, which costs only its own speed):
+
+    python3 bench/pgo.py                                  # about 5 minutes
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402
+
+PROFILE = os.path.join(run.ROOT, "pgo.profdata")
+# What the instrumented build is built into; the build's own profiles are not kept.
+TARGET = os.path.join(run.ROOT, "target", "pgo-generate")
+
+JINJA_WEBHOOK = """company = "bench"
+method = "POST"
+url = "http://127.0.0.1:{upstream}/v1/tickets/{{{{ extractedData.orderId | lower }}}}"
+[query]
+module = "{{{{ moduleId }}}}"
+[headers]
+X-Reply = "{{{{ reply | upper | replace('?', '') }}}}"
+[body]
+subject = "Order {{{{ extractedData.orderId }}}}: {{{{ reply }}}}"
+priority = "{{{{ extractedData.priority | default(3) }}}}"
+urgent = "{{{{ extractedData.priority < 3 }}}}"
+answers = "{{{{ extractedData }}}}"
+[variables]
+carrier = "{{{{ response.order.delivery.carrier | lower }}}}"
+late = "{{{{ 'yes' if response.order.status != 'delivered' else 'no' }}}}"
+skus = "$.order.items[*].sku"
+first = "$.order.items[?@.qty > 1].sku"
+"""
+
+
+def llvm_profdata():
+    """The llvm-profdata to merge with: LLVM_PROFDATA, else the newest one installed."""
+    if os.environ.get("LLVM_PROFDATA"):
+        return os.environ["LLVM_PROFDATA"]
+    found = glob.glob("/usr/lib/llvm-*/bin/llvm-profdata")
+    if not found:
+        found = [shutil.which("llvm-profdata")] if shutil.which("llvm-profdata") else []
+    if not found:
+        raise SystemExit("no llvm-profdata: install Debian's llvm-19 (apt-get install llvm-19) "
+                         "or name one with LLVM_PROFDATA=...")
+    return max(found, key=lambda path: int((re.search(r"llvm-(\d+)", path) or [0, 0])[1]))
+
+
+def build_instrumented(raw):
+    env = dict(os.environ, RUSTFLAGS=f"-Cprofile-generate={raw}")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "hookside",
+                    "--target-dir", TARGET], cwd=run.ROOT, env=env, check=True)
+    # Build scripts and proc macros were instrumented too, and wrote their profiles.
+    shutil.rmtree(raw, ignore_errors=True)
+    return os.path.join(TARGET, "release", "hookside")
+
+
+def post(url, body=b""):
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return answer.read()
+
+
+def train(binary):
+    """Serves the workload above with `binary`; its profile is written when it exits."""
+    run.HOOKSIDE = binary
+    work = tempfile.mkdtemp(prefix="hookside-pgo-")
+    lab = run.Lab(work, only={"hookside"})
+    try:
+        admin = f"http://127.0.0.1:{lab.ports['admin']}"
+        run.write(f"{work}/webhooks.d/tickets.toml", JINJA_WEBHOOK.format(upstream=lab.ports["up"]))
+        post(f"{admin}/-/reload")
+        bench = lab.target("hookside")
+        tickets = bench.replace("/bench", "/tickets")
+        # Each answers 200 before the load, or the profile would be of errors.
+        for url in (bench, tickets):
+            answer = post(url, run.CONVERSATION.encode())
+            if b'"status":200' not in answer:
+                raise SystemExit(f"{url} did not answer as expected: {answer[:300]!r}")
+        for url, seconds in ((bench, 6), (tickets, 3)):
+            subprocess.run(run.oha(url, "-z", f"{seconds}s", "-q", str(run.RATE), "-c",
+                                   str(run.CONNECTIONS), "--output-format", "quiet"),
+                           check=True, capture_output=True)
+        subprocess.run(run.pinned(run.CLIENT_CORE, ["wrk", "-t1", f"-c{run.CONNECTIONS}", "-d3s",
+                                                    "-s", run.wrk_script(work), bench]),
+                       check=True, capture_output=True)
+        for _ in range(20):
+            post(f"{bench}/test", run.CONVERSATION.encode())
+            post(f"{tickets}/test?dry_run=true", run.CONVERSATION.encode())
+            urllib.request.urlopen(f"{admin}/metrics", timeout=10).read()
+        post(f"{admin}/-/reload")
+    finally:
+        lab.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    profdata = llvm_profdata()
+    raw = tempfile.mkdtemp(prefix="hookside-profraw-")
+    binary = build_instrumented(raw)
+    train(binary)
+    written = glob.glob(f"{raw}/*.profraw")
+    if len(written) != 1:
+        raise SystemExit(f"expected one raw profile from hookside, found {len(written)} in {raw}")
+    # Sparse: functions that never ran are left out (a tenth of the size), and are then
+    # compiled as without a profile rather than as code that never runs.
+    subprocess.run([profdata, "merge", "--sparse", "-o", PROFILE, *written], check=True)
+    shutil.rmtree(raw, ignore_errors=True)
+    compiler = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"wrote {PROFILE} ({os.path.getsize(PROFILE) // 1024} KiB) for {compiler}, "
+          f"merged by {profdata}")
+
+
+if __name__ == "__main__":
+    main()
