@@ -2,7 +2,7 @@
 # Build with: docker build -t hookside .
 # The toolchain link-order.txt and pgo.profdata were written with (names carry hashes of the
 # compiler; the profile's format is its LLVM's).
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY build.rs link-order.txt pgo.profdata ./

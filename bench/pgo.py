@@ -1,4 +1,5 @@
-"""Writes pgo.profdata: the profile that release builds for deployment are optimised with.
+"""Writes pgo.profdata: the profile that release builds for deployment are optimised with,
+and pgo-rustc.txt: the compiler it is for (bench/run.sh and CI say when another builds).
 
 LLVM's profile-guided optimisation (rustc's `-Cprofile-use`) lays out and inlines each
 function by how often its branches and calls ran. BENCHMARKS.md ("Profile-guided
@@ -7,34 +8,42 @@ optimisation") has what that gains. The profile comes from an instrumented build
 
 - the bench's webhook (plain lookups, a JSONPath) at 2,000 calls/s, then at saturation, as
   the bench measures it;
-- a webhook of Jinja templates (filters, a text body, a typed body, an `if`), so that
-  minijinja's paths are laid out by how they run too;
+- a webhook of Jinja templates (filters, text and typed values in a JSON body, an `if`,
+  JSONPaths with a wildcard and a filter), so that minijinja's paths are laid out by how
+  they run too;
 - Run Webhook (`/test`), a metrics scrape and a reload, a few times each.
 
 The raw profile is merged into the indexed file rustc reads by `llvm-profdata`, whose
 LLVM must read the compiler's raw format: Debian 12's `llvm-19` package reads rustc
 1.95's (LLVM 22). `LLVM_PROFDATA=...` names another one.
 
-Run after a change to the code, the dependencies or the compiler (a function whose code
-changed gets no profile, which costs only its own speed):
+It needs what bench/run.sh installs (nginx, wrk, oha, taskset). Run it after a change to the
+code on a call's path, the dependencies or the compiler, then bench/order.py. A stale profile
+never changes behaviour, only speed: functions whose control flow or name changed (and
+callers that inlined them) lose their profile, and a new compiler renames them all:
 
     python3 bench/pgo.py                                  # about 5 minutes
 """
 import glob
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
 PROFILE = os.path.join(run.ROOT, "pgo.profdata")
-# What the instrumented build is built into; the build's own profiles are not kept.
+COMPILER = os.path.join(run.ROOT, "pgo-rustc.txt")
+# What the instrumented build is built into, and where it writes its raw profiles (a fixed
+# path: another one would change RUSTFLAGS and rebuild everything).
 TARGET = os.path.join(run.ROOT, "target", "pgo-generate")
+RAW = os.path.join(TARGET, "profraw")
 
 JINJA_WEBHOOK = """company = "bench"
 method = "POST"
@@ -69,31 +78,38 @@ def llvm_profdata():
     return max(found, key=lambda path: int((re.search(r"llvm-(\d+)", path) or [0, 0])[1]))
 
 
-def build_instrumented(raw):
-    env = dict(os.environ, RUSTFLAGS=f"-Cprofile-generate={raw}")
+def build_instrumented():
+    env = dict(os.environ, RUSTFLAGS=f"-Cprofile-generate={RAW}")
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "hookside",
                     "--target-dir", TARGET], cwd=run.ROOT, env=env, check=True)
     # Build scripts and proc macros were instrumented too, and wrote their profiles.
-    shutil.rmtree(raw, ignore_errors=True)
+    shutil.rmtree(RAW, ignore_errors=True)
     return os.path.join(TARGET, "release", "hookside")
 
 
 def post(url, body=b""):
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return answer.read()
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.read()
+    except urllib.error.HTTPError as err:
+        raise SystemExit(f"{url} answered {err.code}: {err.read()[:300]!r}") from err
 
 
 def train(binary):
     """Serves the workload above with `binary`; its profile is written when it exits."""
     run.HOOKSIDE = binary
     work = tempfile.mkdtemp(prefix="hookside-pgo-")
-    lab = run.Lab(work, only={"hookside"})
+    lab = None
     try:
+        lab = run.Lab(work, only={"hookside"})
         admin = f"http://127.0.0.1:{lab.ports['admin']}"
         run.write(f"{work}/webhooks.d/tickets.toml", JINJA_WEBHOOK.format(upstream=lab.ports["up"]))
-        post(f"{admin}/-/reload")
+        report = json.loads(post(f"{admin}/-/reload"))
+        loaded = [f for f in report.get("files", []) if f.get("name") == "tickets" and not f.get("errors")]
+        if not loaded:
+            raise SystemExit(f"the Jinja webhook did not load: {json.dumps(report)[:800]}")
         bench = lab.target("hookside")
         tickets = bench.replace("/bench", "/tickets")
         # Each answers 200 before the load, or the profile would be of errors.
@@ -114,23 +130,31 @@ def train(binary):
             urllib.request.urlopen(f"{admin}/metrics", timeout=10).read()
         post(f"{admin}/-/reload")
     finally:
-        lab.stop()
+        if lab:
+            lab.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
+    missing = [tool for tool in ("nginx", "wrk", "oha", "taskset")
+               if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}")]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: bash bench/run.sh installs them")
     profdata = llvm_profdata()
-    raw = tempfile.mkdtemp(prefix="hookside-profraw-")
-    binary = build_instrumented(raw)
+    # Where the raw profile goes is RUSTFLAGS' business, not the environment's.
+    os.environ.pop("LLVM_PROFILE_FILE", None)
+    binary = build_instrumented()
     train(binary)
-    written = glob.glob(f"{raw}/*.profraw")
+    written = glob.glob(f"{RAW}/*.profraw")
     if len(written) != 1:
-        raise SystemExit(f"expected one raw profile from hookside, found {len(written)} in {raw}")
-    # Sparse: functions that never ran are left out (a tenth of the size), and are then
-    # compiled as without a profile rather than as code that never runs.
+        raise SystemExit(f"expected one raw profile from hookside, found {len(written)} in {RAW}")
+    # Sparse: functions that never ran are left out (a tenth of the size). They then have no
+    # profile and get LLVM's usual static estimates instead of being taken as cold (a
+    # trade-off llvm-profdata's documentation notes).
     subprocess.run([profdata, "merge", "--sparse", "-o", PROFILE, *written], check=True)
-    shutil.rmtree(raw, ignore_errors=True)
+    shutil.rmtree(RAW, ignore_errors=True)
     compiler = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    run.write(COMPILER, compiler + "\n")
     print(f"wrote {PROFILE} ({os.path.getsize(PROFILE) // 1024} KiB) for {compiler}, "
           f"merged by {profdata}")
 

@@ -17,10 +17,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v oha >/dev/null 2>&1 || cargo install oha --locked   # about 11 minutes, once
 # target/pgo keeps these builds apart from plain ones (other RUSTFLAGS rebuild everything).
-if ! RUSTFLAGS="-Cprofile-use=$PWD/pgo.profdata" cargo build --release --locked --bin hookside --target-dir target/pgo; then
-  echo "bench: this compiler cannot use pgo.profdata (written for the one BENCHMARKS.md names);" >&2
-  echo "bench: measuring a build without it. python3 bench/pgo.py writes a profile for this one." >&2
-  cargo build --release --locked --bin hookside --target-dir target/pgo
+# rustc builds even when it cannot use the profile, so say when the compiler is not the one
+# that wrote it (its names, and maybe its format, differ: little or none of it applies).
+if [ "$(rustc --version)" != "$(cat pgo-rustc.txt)" ]; then
+  echo "bench: pgo.profdata was written for $(cat pgo-rustc.txt), this is $(rustc --version):" >&2
+  echo "bench: little of it will apply; python3 bench/pgo.py writes one for this compiler." >&2
 fi
+RUSTFLAGS="-Cprofile-use=$PWD/pgo.profdata" cargo build --release --locked --bin hookside --target-dir target/pgo
 cargo build --release --locked --bin hookside --no-default-features --target-dir target/system-alloc
 exec python3 bench/run.py "$@"
