@@ -5,7 +5,7 @@
 FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY build.rs link-order.txt pgo.profdata ./
+COPY build.rs link-order.txt pgo.profdata pgo-rustc.txt ./
 COPY src ./src
 COPY examples ./examples
 # Optimised with the profile of the bench's workload (bench/pgo.py; BENCHMARKS.md).

@@ -9,6 +9,10 @@
 //! `HOOKSIDE_LINK_ORDER=0` turns it off. A name in the list that the binary does not have
 //! is skipped without a warning: the order is an optimisation, never a reason for a build
 //! to fail.
+//!
+//! A build with the committed profile (`-Cprofile-use=.../pgo.profdata`, as the Dockerfile
+//! and `bench/` build) gets a warning when the compiler is not the one `pgo-rustc.txt` next
+//! to the profile names: rustc builds either way, with little or none of the profile used.
 
 use std::env;
 use std::fs;
@@ -16,11 +20,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const ORDER: &str = "link-order.txt";
+/// The compiler `pgo.profdata` was written for, next to it (`bench/pgo.py` writes both).
+const PROFILE_COMPILER: &str = "pgo-rustc.txt";
 
 fn main() {
     println!("cargo:rerun-if-changed={ORDER}");
+    println!("cargo:rerun-if-changed={PROFILE_COMPILER}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=HOOKSIDE_LINK_ORDER");
+    check_profile();
     let order = Path::new(&var("CARGO_MANIFEST_DIR")).join(ORDER);
     if var("HOOKSIDE_LINK_ORDER") == "0"
         || var("PROFILE") != "release"
@@ -58,6 +66,39 @@ fn main() {
         println!(
             "cargo:warning={ORDER} was written with {written:?}, this is {current:?}: few of \
              its names match (python3 bench/order.py writes it anew)"
+        );
+    }
+}
+
+/// Warns when the flags use a `pgo.profdata` whose `pgo-rustc.txt` names another compiler.
+fn check_profile() {
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    let Some(profile) = flags
+        .split('\x1f')
+        // `-Cprofile-use=PATH`, or `-C` then `profile-use=PATH`.
+        .find_map(|flag| {
+            flag.strip_prefix("-C")
+                .unwrap_or(flag)
+                .strip_prefix("profile-use=")
+        })
+        .map(Path::new)
+        .filter(|profile| {
+            profile
+                .file_name()
+                .is_some_and(|name| name == "pgo.profdata")
+        })
+    else {
+        return;
+    };
+    let named = profile.with_file_name(PROFILE_COMPILER);
+    let written = fs::read_to_string(&named).unwrap_or_default();
+    let current = rustc_version();
+    if written.trim() != current {
+        println!(
+            "cargo:warning={} is for {:?}, this is {current:?}: little or none of it applies \
+             (python3 bench/pgo.py writes one for this compiler)",
+            profile.display(),
+            written.trim()
         );
     }
 }

@@ -1,5 +1,5 @@
 """Writes pgo.profdata: the profile that release builds for deployment are optimised with,
-and pgo-rustc.txt: the compiler it is for (bench/run.sh and CI say when another builds).
+and pgo-rustc.txt: the compiler it is for (build.rs warns when another builds with it).
 
 LLVM's profile-guided optimisation (rustc's `-Cprofile-use`) lays out and inlines each
 function by how often its branches and calls ran. BENCHMARKS.md ("Profile-guided

@@ -668,8 +668,9 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rounds = int(args[0]) if args else 5
     seconds = int(args[1]) if len(args) > 1 else 5
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    # `-dirty` when tracked files differ from the commit: the figures are not that commit's.
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
     print(f"hookside bench at commit {commit}, {os.cpu_count()} cores, {rounds} rounds of {seconds} s")
     print(f"{link_order()}\n")
     if "--cpu-split" in sys.argv:

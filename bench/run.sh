@@ -16,13 +16,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
 command -v oha >/dev/null 2>&1 || cargo install oha --locked   # about 11 minutes, once
-# target/pgo keeps these builds apart from plain ones (other RUSTFLAGS rebuild everything).
-# rustc builds even when it cannot use the profile, so say when the compiler is not the one
-# that wrote it (its names, and maybe its format, differ: little or none of it applies).
-if [ "$(rustc --version)" != "$(cat pgo-rustc.txt)" ]; then
-  echo "bench: pgo.profdata was written for $(cat pgo-rustc.txt), this is $(rustc --version):" >&2
-  echo "bench: little of it will apply; python3 bench/pgo.py writes one for this compiler." >&2
-fi
+# target/pgo keeps these builds apart from plain ones (other RUSTFLAGS rebuild everything);
+# build.rs warns when the compiler is not the one pgo-rustc.txt names.
 RUSTFLAGS="-Cprofile-use=$PWD/pgo.profdata" cargo build --release --locked --bin hookside --target-dir target/pgo
 cargo build --release --locked --bin hookside --no-default-features --target-dir target/system-alloc
 exec python3 bench/run.py "$@"
