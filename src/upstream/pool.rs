@@ -157,8 +157,8 @@ impl Pool {
                         .await
                         .map_err(|_| late())?
                     {
-                        Some(result) => return result,
-                        None => "the HTTP/2 connection is closing".to_owned(),
+                        Ok(result) => return result,
+                        Err(reason) => reason.to_owned(),
                     }
                 }
             };
@@ -171,14 +171,15 @@ impl Pool {
         }
     }
 
-    /// Sends `request` on the shared HTTP/2 connection; `None` when the connection did not
-    /// take it (it was closing: it is not offered again).
+    /// Sends `request` on the shared HTTP/2 connection; `Err(why)` when the upstream did not
+    /// take it, so that it can go on a new connection: the connection was closing, or the
+    /// upstream refused the stream unprocessed. Either way the connection is not offered again.
     async fn call_http2(
         &self,
         shared: Shared,
         request: &Outgoing,
         limit: usize,
-    ) -> Option<Result<Answer, CallError>> {
+    ) -> Result<Result<Answer, CallError>, &'static str> {
         let mut outgoing = Request::new(Full::new(request.body.clone()));
         *outgoing.method_mut() = request.method.clone();
         *outgoing.uri_mut() = self.absolute(&request.uri);
@@ -190,22 +191,24 @@ impl Pool {
             }
         }
         let Shared { number, mut sender } = shared;
-        match sender.try_send_request(outgoing).await {
-            Ok(response) => Some(read_response(response, limit).await),
-            Err(err) if err.message().is_some() => {
-                // Only this connection: another request may have opened the next one.
-                let mut idle = self.lock();
-                if idle
-                    .http2
-                    .as_ref()
-                    .is_some_and(|current| current.number == number)
-                {
-                    idle.http2 = None;
-                }
-                None
-            }
-            Err(err) => Some(Err(CallError::from_hyper(err.error()))),
+        let not_taken = match sender.try_send_request(outgoing).await {
+            Ok(response) => return Ok(read_response(response, limit).await),
+            Err(err) if err.message().is_some() => "the HTTP/2 connection is closing",
+            Err(err) => match unprocessed(err.error()) {
+                Some(why) => why,
+                None => return Ok(Err(CallError::from_hyper(err.error()))),
+            },
+        };
+        // Only this connection: another request may have opened the next one.
+        let mut idle = self.lock();
+        if idle
+            .http2
+            .as_ref()
+            .is_some_and(|current| current.number == number)
+        {
+            idle.http2 = None;
         }
+        Err(not_taken)
     }
 
     /// Keeps an HTTP/1.1 connection whose answer was read in full for the next request.
@@ -290,6 +293,34 @@ impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         crate::lock(&self.idle)
     }
+}
+
+/// Why the upstream did not process an HTTP/2 request that failed with `err`, if it says
+/// so (RFC 9113, 8.7): the stream was above the last one a graceful `GOAWAY` kept (a server
+/// closing a connection after so many requests, as nginx does every 1,000 by default), or
+/// it was reset with `REFUSED_STREAM`. Such a request is safe to send again, whatever its
+/// method. hyper reports both as errors of the call (hyperium/hyper#2500); its source is
+/// h2's error, which says which.
+fn unprocessed(err: &hyper::Error) -> Option<&'static str> {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            if !h2.is_remote() {
+                return None;
+            }
+            return match h2.reason() {
+                Some(h2::Reason::NO_ERROR) if h2.is_go_away() => {
+                    Some("the upstream closed the HTTP/2 connection (GOAWAY) before the request")
+                }
+                Some(h2::Reason::REFUSED_STREAM) if h2.is_reset() => {
+                    Some("the upstream refused the HTTP/2 stream (REFUSED_STREAM)")
+                }
+                _ => None,
+            };
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Runs an HTTP/2 connection on a task of its own until it ends.
