@@ -24,7 +24,10 @@ Loopback only; every run is bounded.
 Then, for hookside, nginx and HAProxy: CPU instructions per request (valgrind callgrind,
 repeatable where wall-clock is not) and, for hookside, allocations per invocation (dhat).
 Flags: --instructions-only, --no-instructions, --cpu-split (user and system CPU time per
-request of each proxy under saturation, alone).
+request of each proxy under saturation, alone), --tls (the upstream over TLS, as a company's
+API is: saturation in both layouts and instructions per request, for nginx and HAProxy
+proxying to it over HTTP/1.1 and for hookside over HTTP/1.1 and over HTTP/2, which it speaks
+when TLS negotiates it; no `direct`, no fixed rate; needs openssl).
 
 A/B of two builds: python3 bench/run.py --ab BIN_A BIN_B [ROUNDS] [SECONDS] (defaults 12 and
 5) runs them at the same time as the side-by-side rounds do, and reports A minus B; either one
@@ -103,7 +106,32 @@ def pinned(core, command):
     return ["taskset", "-c", core] + command
 
 
-def nginx_upstream_conf(work, name, port):
+def certificates(work):
+    """For --tls: a private CA (`ca.pem`) and the upstream's certificate for localhost and
+    127.0.0.1, signed by it (`upstream.pem`, `upstream.key`), all in `work`."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=work, check=True, capture_output=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=hookside bench CA")
+    openssl("req", *key, "-keyout", "upstream.key", "-out", "upstream.csr", "-subj", "/CN=localhost")
+    write(f"{work}/upstream.ext", "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "upstream.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "upstream.pem", "-days", "2", "-extfile", "upstream.ext")
+
+
+def nginx_upstream_conf(work, name, port, h2_port=None):
+    """The upstream: the fixed answer on `port`. With `h2_port` (--tls), both over TLS with the
+    bench CA's certificate: HTTP/1.1 only on `port`, HTTP/2 offered on `h2_port`; `/protocol`
+    answers with the protocol in `X-Protocol`, for the bench's check."""
+    answer = f"location / {{ default_type application/json; return 200 '{UPSTREAM_ANSWER}'; }}"
+    servers = f"server {{ listen 127.0.0.1:{port} backlog=4096; {answer} }}"
+    if h2_port:
+        probe = "location /protocol { add_header X-Protocol $server_protocol always; return 200 '{}'; }"
+        servers = (f"ssl_certificate {work}/upstream.pem; ssl_certificate_key {work}/upstream.key;\n"
+                   "  ssl_protocols TLSv1.2 TLSv1.3;\n"
+                   f"  server {{ listen 127.0.0.1:{port} ssl backlog=4096; {answer} {probe} }}\n"
+                   f"  server {{ listen 127.0.0.1:{h2_port} ssl http2 backlog=4096; {answer} {probe} }}")
     return f"""
 worker_processes 1; daemon off; master_process off;
 pid {work}/{name}.pid; error_log {work}/{name}.err warn;
@@ -112,15 +140,17 @@ http {{
   access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   client_body_temp_path {work}/{name}-body; proxy_temp_path {work}/{name}-proxy;
   fastcgi_temp_path {work}/{name}-fcgi; uwsgi_temp_path {work}/{name}-uwsgi; scgi_temp_path {work}/{name}-scgi;
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location / {{ default_type application/json; return 200 '{UPSTREAM_ANSWER}'; }}
-  }}
+  {servers}
 }}
 """
 
 
-def nginx_proxy_conf(work, port, upstream):
+def nginx_proxy_conf(work, port, upstream, tls=False):
+    scheme, verify = "http", ""
+    if tls:  # verified as hookside verifies; sessions resumed (nginx's default)
+        scheme = "https"
+        verify = (f"proxy_ssl_verify on; proxy_ssl_trusted_certificate {work}/ca.pem; "
+                  "proxy_ssl_name localhost; proxy_ssl_server_name on;")
     return f"""
 worker_processes 1; daemon off; master_process off;
 pid {work}/nginx.pid; error_log {work}/nginx.err warn;
@@ -133,7 +163,7 @@ http {{
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location / {{
-      proxy_pass http://up;
+      proxy_pass {scheme}://up; {verify}
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Authorization "Bearer {TOKEN}";
@@ -144,7 +174,8 @@ http {{
 """
 
 
-def haproxy_conf(port, upstream):
+def haproxy_conf(port, upstream, ca=None):
+    tls = f" ssl verify required ca-file {ca} verifyhost localhost sni str(localhost)" if ca else ""
     return f"""
 global
   nbthread 1
@@ -162,14 +193,17 @@ frontend fe
   default_backend be
 backend be
   http-reuse always
-  server up 127.0.0.1:{upstream} maxconn 1000
+  server up 127.0.0.1:{upstream} maxconn 1000{tls}
 """
 
 
-def hookside_webhook(upstream):
+def hookside_webhook(upstream, ca=None):
+    """The bench's webhook; with `ca` (--tls), over HTTPS to an upstream of that CA."""
+    scheme = "https" if ca else "http"
+    tls = f'[tls]\nca_file = "{ca}"\n' if ca else ""
     return f"""company = "bench"
 method = "POST"
-url = "http://127.0.0.1:{upstream}/v1/orders/{{{{ extractedData.orderId }}}}"
+url = "{scheme}://127.0.0.1:{upstream}/v1/orders/{{{{ extractedData.orderId }}}}"
 timeout = "5s"
 [auth]
 type = "bearer"
@@ -182,25 +216,51 @@ text = "{{{{ reply }}}}"
 [variables]
 status = "response.order.status"
 eta = "$.order.delivery.eta"
+{tls}"""
+
+
+def protocol_webhook(upstream, ca):
+    """For --tls: the protocol the upstream saw, to check that hookside spoke what it offers."""
+    return f"""company = "bench"
+method = "GET"
+url = "https://127.0.0.1:{upstream}/protocol"
+[tls]
+ca_file = "{ca}"
+[variables]
+protocol = "headers['x-protocol']"
 """
 
 
 class Lab:
-    """Every server, started once; contenders idle while another is measured."""
+    """Every server, started once; contenders idle while another is measured.
 
-    def __init__(self, work, hookside_wrapper=None, only=None):
+    With `tls` (--tls) the upstream speaks TLS, HTTP/1.1 on one port and HTTP/2 on another;
+    there is no `direct`, and `hookside-h2` is hookside's webhook to the HTTP/2 port (the
+    same process as `hookside`)."""
+
+    def __init__(self, work, hookside_wrapper=None, only=None, tls=False):
         self.work = work
+        self.tls = tls
         self.processes = []
-        self.ports = {name: free_port() for name in ["up", "direct", "nginx", "haproxy", "hookside", "admin"]}
+        self.ports = {name: free_port() for name in ["up", "up_h2", "direct", "nginx", "haproxy", "hookside", "admin"]}
         p = self.ports
-        write(f"{work}/up.conf", nginx_upstream_conf(work, "up", p["up"]))
+        ca = None
+        if tls:
+            certificates(work)
+            ca = f"{work}/ca.pem"
+            only = (only if only is not None else {"nginx", "haproxy", "hookside"}) - {"direct"}
+        write(f"{work}/up.conf", nginx_upstream_conf(work, "up", p["up"], p["up_h2"] if tls else None))
         write(f"{work}/direct.conf", nginx_upstream_conf(work, "direct", p["direct"]))
-        write(f"{work}/nginx.conf", nginx_proxy_conf(work, p["nginx"], p["up"]))
-        write(f"{work}/haproxy.cfg", haproxy_conf(p["haproxy"], p["up"]))
+        write(f"{work}/nginx.conf", nginx_proxy_conf(work, p["nginx"], p["up"], tls))
+        write(f"{work}/haproxy.cfg", haproxy_conf(p["haproxy"], p["up"], ca))
         os.makedirs(f"{work}/webhooks.d", exist_ok=True)
         write(f"{work}/token", TOKEN + "\n")
-        write(f"{work}/webhooks.d/bench.toml", hookside_webhook(p["up"]))
-        self.start(CLIENT_CORE, [NGINX, "-c", f"{work}/up.conf", "-p", work], p["up"])
+        write(f"{work}/webhooks.d/bench.toml", hookside_webhook(p["up"], ca))
+        if tls:
+            write(f"{work}/webhooks.d/bench-h2.toml", hookside_webhook(p["up_h2"], ca))
+            write(f"{work}/webhooks.d/protocol-h1.toml", protocol_webhook(p["up"], ca))
+            write(f"{work}/webhooks.d/protocol-h2.toml", protocol_webhook(p["up_h2"], ca))
+        self.upstream_pid = self.start(CLIENT_CORE, [NGINX, "-c", f"{work}/up.conf", "-p", work], p["up"])
         commands = {
             "direct": [NGINX, "-c", f"{work}/direct.conf", "-p", work],
             "nginx": [NGINX, "-c", f"{work}/nginx.conf", "-p", work],
@@ -214,6 +274,8 @@ class Lab:
             if only is not None and name not in only:
                 continue
             self.pids[name] = self.start(CONTENDER_CORE, command, p[name])
+        if tls and "hookside" in self.pids:
+            self.pids["hookside-h2"] = self.pids["hookside"]
 
     def start(self, core, command, port):
         env = {**os.environ, "RUST_LOG": "warn"}
@@ -224,10 +286,11 @@ class Lab:
         return process.pid
 
     def target(self, name):
-        port = self.ports[name]
         if name in ("direct", "nginx", "haproxy"):
-            return f"http://127.0.0.1:{port}/v1/orders/A-17"
-        return f"http://127.0.0.1:{port}/v1/webhooks/bench"  # hookside, or a build of `ab`
+            return f"http://127.0.0.1:{self.ports[name]}/v1/orders/A-17"
+        if name == "hookside-h2":
+            return f"http://127.0.0.1:{self.ports['hookside']}/v1/webhooks/bench-h2"
+        return f"http://127.0.0.1:{self.ports[name]}/v1/webhooks/bench"  # hookside, or a build of `ab`
 
     def stop(self):
         for process in self.processes:
@@ -245,16 +308,25 @@ def write(path, text):
 
 
 def check(lab):
-    """Every contender answers, and hookside maps its variables."""
-    for name in ["direct", "nginx", "haproxy", "hookside"]:
-        request = urllib.request.Request(lab.target(name), data=CONVERSATION.encode(), method="POST",
+    """Every contender answers, and hookside maps its variables (with --tls, over the protocol
+    each of its webhooks is meant to speak)."""
+    def post(url):
+        request = urllib.request.Request(url, data=CONVERSATION.encode(), method="POST",
                                          headers={"x-session": "s-1", "content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=5) as response:
-            body = json.loads(response.read())
-        if name == "hookside":
+            return json.loads(response.read())
+    for name in lab.pids:
+        body = post(lab.target(name))
+        if name.startswith("hookside"):
             assert body["variables"] == {"status": "shipped", "eta": "2026-12-01"}, body
         else:
             assert body["order"]["status"] == "shipped", body
+    if lab.tls:
+        base = f"http://127.0.0.1:{lab.ports['hookside']}/v1/webhooks"
+        for webhook, protocol in (("protocol-h1", "HTTP/1.1"), ("protocol-h2", "HTTP/2.0")):
+            seen = post(f"{base}/{webhook}")["variables"]["protocol"]
+            if seen != protocol:
+                raise RuntimeError(f"{webhook}: the upstream saw {seen}, not {protocol}")
 
 
 def wrk_script(work):
@@ -285,6 +357,7 @@ def saturation(lab, name, seconds, script, rss_of=None, client_core=None):
     command = pinned(client_core or CLIENT_CORE, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s",
                                                   "--latency", "-s", script, lab.target(name)])
     cores_before, cpu_before = core_ticks(), cpu_ticks(lab.pids[name])
+    upstream_before = cpu_ticks(lab.upstream_pid)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     rss = None
     if rss_of:
@@ -292,6 +365,7 @@ def saturation(lab, name, seconds, script, rss_of=None, client_core=None):
         rss = rss_mib(rss_of)
     out, _ = process.communicate(timeout=seconds + 30)
     cores_after, cpu_after = core_ticks(), cpu_ticks(lab.pids[name])
+    upstream_after = cpu_ticks(lab.upstream_pid)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
@@ -302,9 +376,12 @@ def saturation(lab, name, seconds, script, rss_of=None, client_core=None):
     busy = {core: (cores_after[core][0] - before[0]) / max(1, cores_after[core][1] - before[1])
             for core, before in cores_before.items()}
     requests = rps * seconds
-    cpu_us = (sum(cpu_after) - sum(cpu_before)) / os.sysconf("SC_CLK_TCK") / requests * 1e6
+    def per_request_us(before, after):
+        return (sum(after) - sum(before)) / os.sysconf("SC_CLK_TCK") / requests * 1e6
     return {"rps": rps, "p50_ms": latency.get("50"), "p99_ms": latency.get("99"), "rss_mib": rss,
-            "busy0": busy.get("cpu0"), "busy1": busy.get("cpu1"), "cpu_us": cpu_us}
+            "busy0": busy.get("cpu0"), "busy1": busy.get("cpu1"),
+            "cpu_us": per_request_us(cpu_before, cpu_after),
+            "upstream_us": per_request_us(upstream_before, upstream_after)}
 
 
 def fixed_rate(lab, names, seconds):
@@ -434,18 +511,56 @@ def timing(rounds, seconds):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def tls_timing(rounds, seconds):
+    """--tls: saturation in both layouts, the upstream over TLS (hookside over HTTP/1.1 and
+    HTTP/2, nginx and HAProxy over HTTP/1.1, as they proxy)."""
+    work = tempfile.mkdtemp(prefix="hookside-bench-tls-")
+    lab = Lab(work, tls=True)
+    try:
+        check(lab)
+        script = wrk_script(work)
+        contenders = ["nginx", "haproxy", "hookside", "hookside-h2"]
+        for name in contenders:  # warm-up: connections, TLS sessions, pools, caches
+            saturation(lab, name, 1, script)
+        sat = {n: [] for n in contenders}
+        pod = {n: [] for n in contenders}
+        for r in range(rounds):
+            for name in contenders:
+                sat[name].append(saturation(lab, name, seconds, script))
+            for name in contenders:
+                pod[name].append(saturation(lab, name, seconds, script, client_core=CONTENDER_CORE))
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {sat[n][-1]['rps']:.0f}/s" for n in contenders)
+                  + "; pod: " + ", ".join(f"{n} {pod[n][-1]['rps']:.0f}/s" for n in contenders), file=sys.stderr)
+        return {"saturation": sat, "pod": pod}
+    finally:
+        lab.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report_tls(result):
+    lines = saturation_table(f"Upstream over TLS. Saturation, layout split (wrk, 1 thread, {CONNECTIONS} "
+                             "connections, on core 1 with the upstream), median (min-max) over rounds:",
+                             result["saturation"])
+    return "\n".join(lines + [""] + saturation_table(
+        "Upstream over TLS. Saturation, layout pod (wrk on core 0 with the contender, the upstream alone on "
+        "core 1), median (min-max) over rounds:", result["pod"]))
+
+
 def saturation_table(title, sat):
     lines = [title, "",
-             "| contender | requests/s | p50 ms | p99 ms | contender CPU us per request | core 0 busy | core 1 busy |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| contender | requests/s | p50 ms | p99 ms | contender CPU us per request "
+             "| upstream CPU us per request | core 0 busy | core 1 busy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, runs in sat.items():
         lines.append(f"| {name} | {spread([r['rps'] for r in runs])} | {spread([r['p50_ms'] for r in runs])} "
                      f"| {spread([r['p99_ms'] for r in runs])} | {spread([r['cpu_us'] for r in runs])} "
+                     f"| {spread([r['upstream_us'] for r in runs])} "
                      f"| {spread([r['busy0'] for r in runs])} | {spread([r['busy1'] for r in runs])} |")
     lines += ["", "Throughput ratios per round (same round, side by side):", ""]
-    for other in ["nginx", "haproxy"]:
-        ratios = [h["rps"] / o["rps"] for h, o in zip(sat["hookside"], sat[other])]
-        lines.append(f"- hookside/{other}: {spread(ratios)}")
+    for ours in (name for name in sat if name.startswith("hookside")):
+        for other in ["nginx", "haproxy"]:
+            ratios = [h["rps"] / o["rps"] for h, o in zip(sat[ours], sat[other])]
+            lines.append(f"- {ours}/{other}: {spread(ratios)}")
     return lines
 
 
@@ -589,7 +704,7 @@ def ab(binaries, rounds, seconds):
         p99_interval(results, first, second)])
 
 
-def valgrind_count(tool, name, requests):
+def valgrind_count(tool, name, requests, tls=False):
     """Runs `name` under valgrind `tool`, sends `requests` requests one at a time, stops it."""
     work = tempfile.mkdtemp(prefix=f"hookside-{tool}-")
     out = f"{work}/{tool}.out"
@@ -598,10 +713,10 @@ def valgrind_count(tool, name, requests):
         wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     lab = None
     try:
-        if name == "hookside":
-            lab = Lab(work, hookside_wrapper=wrapper, only={"hookside"})
+        if name.startswith("hookside"):
+            lab = Lab(work, hookside_wrapper=wrapper, only={"hookside"}, tls=tls)
         else:
-            lab = Lab(work, only=set())
+            lab = Lab(work, only=set(), tls=tls)
             command = {"nginx": [NGINX, "-c", f"{work}/nginx.conf", "-p", work],
                        "haproxy": [HAPROXY, "-f", f"{work}/haproxy.cfg", "-db"]}[name]
             lab.pids[name] = lab.start(CONTENDER_CORE, wrapper + command, lab.ports[name])
@@ -623,17 +738,19 @@ def valgrind_count(tool, name, requests):
     return sum(pp["tb"] for pp in report["pps"]), sum(pp["tbk"] for pp in report["pps"])
 
 
-def instructions(requests=2000, warmup=200):
-    lines = ["CPU instructions per request (valgrind callgrind; (total with "
-             f"{warmup + requests} requests - total with {warmup}) / {requests}):", "",
+def instructions(requests=2000, warmup=200, tls=False):
+    lines = [("Upstream over TLS. " if tls else "") + "CPU instructions per request (valgrind callgrind; "
+             f"(total with {warmup + requests} requests - total with {warmup}) / {requests}):", "",
              "| server | instructions per request |", "| --- | --- |"]
     only = os.environ.get("ONLY")
-    for name in ["nginx", "haproxy", "hookside"]:
+    for name in ["nginx", "haproxy", "hookside"] + (["hookside-h2"] if tls else []):
         if only and name != only:
             continue
-        low = valgrind_count("callgrind", name, warmup)
-        high = valgrind_count("callgrind", name, warmup + requests)
+        low = valgrind_count("callgrind", name, warmup, tls)
+        high = valgrind_count("callgrind", name, warmup + requests, tls)
         lines.append(f"| {name} | {(high - low) / requests:,.0f} |")
+    if tls:  # allocations: the plain run's figure is the one kept
+        return "\n".join(lines)
     low_bytes, low_blocks = valgrind_count("dhat", "hookside", warmup)
     high_bytes, high_blocks = valgrind_count("dhat", "hookside", warmup + requests)
     lines += ["", f"hookside allocations per invocation (valgrind dhat): {(high_blocks - low_blocks) / requests:.1f} "
@@ -676,11 +793,12 @@ def main():
     if "--cpu-split" in sys.argv:
         print(cpu_split(seconds))
         return
+    tls = "--tls" in sys.argv
     if "--instructions-only" not in sys.argv:
-        print(report_timing(timing(rounds, seconds)))
+        print(report_tls(tls_timing(rounds, seconds)) if tls else report_timing(timing(rounds, seconds)))
         print()
     if "--no-instructions" not in sys.argv:
-        print(instructions())
+        print(instructions(tls=tls))
 
 
 if __name__ == "__main__":
