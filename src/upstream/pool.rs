@@ -8,7 +8,8 @@
 //! request at a time, so a pool grows to the concurrency it sees. An idle HTTP/1.1
 //! connection is not used after [`IDLE_TIMEOUT`] (the next request to the origin closes it)
 //! nor once the upstream closed it; the shared HTTP/2 connection is pinged while idle, and
-//! replaced when it dies.
+//! replaced when it dies. A request that a connection did not take goes on another one; on
+//! HTTP/2 that includes one the upstream says it did not process ([`Unprocessed`]).
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -171,33 +172,37 @@ impl Pool {
         }
     }
 
-    /// Sends `request` on the shared HTTP/2 connection; `Err(why)` when the upstream did not
-    /// take it, so that it can go on a new connection: the connection was closing, or the
-    /// upstream refused the stream unprocessed. Either way the connection is not offered again.
+    /// Sends `request` on the shared HTTP/2 connection; `Err(why)` when the connection did
+    /// not take it and is going away (it was closing, or its `GOAWAY` left the request
+    /// unprocessed): it is not offered again, and the request can go on a new one. A stream
+    /// the upstream refuses (`REFUSED_STREAM`, say over its concurrency limit, which hyper
+    /// cannot know on a new connection) goes once more on the same connection, which stays.
     async fn call_http2(
         &self,
         shared: Shared,
         request: &Outgoing,
         limit: usize,
     ) -> Result<Result<Answer, CallError>, &'static str> {
-        let mut outgoing = Request::new(Full::new(request.body.clone()));
-        *outgoing.method_mut() = request.method.clone();
-        *outgoing.uri_mut() = self.absolute(&request.uri);
-        let headers = outgoing.headers_mut();
-        for (name, value) in &request.headers {
-            // HTTP/2 names the origin in `:authority`.
-            if name != http::header::HOST {
-                headers.append(name.clone(), value.clone());
-            }
-        }
         let Shared { number, mut sender } = shared;
-        let not_taken = match sender.try_send_request(outgoing).await {
-            Ok(response) => return Ok(read_response(response, limit).await),
-            Err(err) if err.message().is_some() => "the HTTP/2 connection is closing",
-            Err(err) => match unprocessed(err.error()) {
-                Some(why) => why,
-                None => return Ok(Err(CallError::from_hyper(err.error()))),
-            },
+        let mut refused = false;
+        let not_taken = loop {
+            match sender.try_send_request(self.http2_request(request)).await {
+                Ok(response) => return Ok(read_response(response, limit).await),
+                Err(err) if err.message().is_some() => break "the HTTP/2 connection is closing",
+                Err(err) => match unprocessed(err.error()) {
+                    Some(Unprocessed::Refused) if !refused => refused = true,
+                    Some(Unprocessed::Refused) => {
+                        return Ok(Err(CallError::Unreachable(
+                            "the upstream refused the HTTP/2 request twice (REFUSED_STREAM)"
+                                .to_owned(),
+                        )));
+                    }
+                    Some(Unprocessed::GoneAway) => {
+                        break "the upstream closed the HTTP/2 connection (GOAWAY) before the request";
+                    }
+                    None => return Ok(Err(CallError::from_hyper(err.error()))),
+                },
+            }
         };
         // Only this connection: another request may have opened the next one.
         let mut idle = self.lock();
@@ -209,6 +214,21 @@ impl Pool {
             idle.http2 = None;
         }
         Err(not_taken)
+    }
+
+    /// `request` as hyper's HTTP/2 client takes it.
+    fn http2_request(&self, request: &Outgoing) -> Request<Full<Bytes>> {
+        let mut outgoing = Request::new(Full::new(request.body.clone()));
+        *outgoing.method_mut() = request.method.clone();
+        *outgoing.uri_mut() = self.absolute(&request.uri);
+        let headers = outgoing.headers_mut();
+        for (name, value) in &request.headers {
+            // HTTP/2 names the origin in `:authority`.
+            if name != http::header::HOST {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        outgoing
     }
 
     /// Keeps an HTTP/1.1 connection whose answer was read in full for the next request.
@@ -295,13 +315,26 @@ impl Pool {
     }
 }
 
-/// Why the upstream did not process an HTTP/2 request that failed with `err`, if it says
-/// so (RFC 9113, 8.7): the stream was above the last one a graceful `GOAWAY` kept (a server
-/// closing a connection after so many requests, as nginx does every 1,000 by default), or
-/// it was reset with `REFUSED_STREAM`. Such a request is safe to send again, whatever its
-/// method. hyper reports both as errors of the call (hyperium/hyper#2500); its source is
-/// h2's error, which says which.
-fn unprocessed(err: &hyper::Error) -> Option<&'static str> {
+/// How the upstream said it did not process an HTTP/2 request (RFC 9113, 8.7), which makes
+/// the request safe to send again, whatever its method.
+enum Unprocessed {
+    /// The stream was above the last one a graceful `GOAWAY` (no error) kept: a server
+    /// closing a connection after so many requests, as nginx does every 1,000 by default.
+    GoneAway,
+    /// The stream was reset with `REFUSED_STREAM`.
+    Refused,
+}
+
+/// Whether the upstream said it did not process the HTTP/2 request that failed with `err`.
+/// hyper reports both cases as errors of the call (hyperium/hyper#2500); their source is
+/// h2's error, which tells them apart. A `GOAWAY` with an error code makes the same promise
+/// for the streams above its last one, but they are not sent again: a server in trouble
+/// (`ENHANCE_YOUR_CALM`, say) should not get them back at once. One case cannot be told
+/// apart: on a multi-threaded runtime, a request whose stream was written just before a
+/// `GOAWAY` arrived can fail with that `GOAWAY` though it is below its last stream; a server
+/// that shuts down in two steps (first a `GOAWAY` keeping every stream) could then see it
+/// twice.
+fn unprocessed(err: &hyper::Error) -> Option<Unprocessed> {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
@@ -309,12 +342,8 @@ fn unprocessed(err: &hyper::Error) -> Option<&'static str> {
                 return None;
             }
             return match h2.reason() {
-                Some(h2::Reason::NO_ERROR) if h2.is_go_away() => {
-                    Some("the upstream closed the HTTP/2 connection (GOAWAY) before the request")
-                }
-                Some(h2::Reason::REFUSED_STREAM) if h2.is_reset() => {
-                    Some("the upstream refused the HTTP/2 stream (REFUSED_STREAM)")
-                }
+                Some(h2::Reason::NO_ERROR) if h2.is_go_away() => Some(Unprocessed::GoneAway),
+                Some(h2::Reason::REFUSED_STREAM) if h2.is_reset() => Some(Unprocessed::Refused),
                 _ => None,
             };
         }
