@@ -45,6 +45,10 @@ pub struct Pool {
     /// The `Host` header sent when the request has none (no default port).
     host: HeaderValue,
     idle: Mutex<Idle>,
+    /// Held while an HTTP/2 connection opens, once the origin has spoken HTTP/2: the
+    /// requests that find no connection (all at once after a `GOAWAY`) wait for one to open
+    /// and share it, rather than each opening its own.
+    opening: tokio::sync::Mutex<()>,
 }
 
 /// The idle HTTP/1.1 connections, newest last, and the one shared HTTP/2 connection.
@@ -105,6 +109,7 @@ impl Pool {
             authority: authority.clone(),
             host,
             idle: Mutex::new(Idle::default()),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -272,8 +277,20 @@ impl Pool {
         }
     }
 
-    /// Opens a new connection: HTTP/2 when TLS negotiates it, else HTTP/1.1.
+    /// Opens a new connection: HTTP/2 when TLS negotiates it, else HTTP/1.1. To an origin
+    /// that has spoken HTTP/2, one at a time: a request that waited takes the connection
+    /// another one opened meanwhile.
     async fn connect(&self) -> Result<Taken, CallError> {
+        let http2_before = self.lock().opened > 0;
+        let _opening = if http2_before {
+            let opening = self.opening.lock().await;
+            if let Some(taken) = self.take(Instant::now()) {
+                return Ok(taken);
+            }
+            Some(opening)
+        } else {
+            None
+        };
         let mut connector = self.connector.clone();
         let stream: MaybeHttpsStream<TokioIo<tokio::net::TcpStream>> = connector
             .call(self.origin.clone())

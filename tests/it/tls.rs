@@ -162,6 +162,7 @@ async fn serve_raw_h2(
     }
     let _ = tls.write_all(&frame(4, 0, 0, &[])).await; // SETTINGS
     let mut head = [0u8; 9];
+    let mut gone_away = false;
     while tls.read_exact(&mut head).await.is_ok() {
         let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
         let (kind, flags) = (head[3], head[4]);
@@ -174,6 +175,8 @@ async fn serve_raw_h2(
         let reply = match kind {
             4 if flags & 1 == 0 => frame(4, 1, 0, &[]), // SETTINGS: ACK
             6 if flags & 1 == 0 => frame(6, 1, 0, &payload), // PING: ACK
+            // After its `GOAWAY`, a server processes no new stream.
+            1 if gone_away => continue,
             1 => {
                 let number = {
                     let mut seen = seen.lock().expect("seen");
@@ -193,7 +196,7 @@ async fn serve_raw_h2(
                         code,
                         close: then_close,
                     } => {
-                        close = then_close;
+                        (close, gone_away) = (then_close, true);
                         let mut body = last.to_be_bytes().to_vec();
                         body.extend_from_slice(&code.to_be_bytes());
                         frame(7, 0, 0, &body)
@@ -259,4 +262,42 @@ async fn an_http2_request_the_upstream_did_not_process_is_sent_again() {
             "{name}: requests per connection"
         );
     }
+}
+
+/// The requests a `GOAWAY` leaves unprocessed, all at once, share the one new connection
+/// that the first of them opens, rather than each opening its own (a TLS handshake each,
+/// every 1,000 requests with nginx's defaults).
+#[tokio::test]
+async fn requests_sent_again_after_a_goaway_share_one_new_connection() {
+    let (ca_pem, config) = test_ca();
+    let second = Second::GoAway {
+        last: 1,
+        code: 0,
+        close: false,
+    };
+    let (port, per_connection) = raw_h2_upstream(config, second).await;
+    let dir = Dir::new();
+    dir.file("ca.pem", &ca_pem);
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"a\"\nmethod = \"POST\"\nurl = \"https://localhost:{port}/orders\"\n\
+             [tls]\nca_file = \"ca.pem\"\n[variables]\nn = \"response.n\"\n"
+        ),
+    );
+    let hookside = Arc::new(Hookside::start(dir.path()).await);
+    assert_eq!(hookside.invoke("w", json!({})).await.0, 200);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let hookside = Arc::clone(&hookside);
+            tokio::spawn(async move { hookside.invoke("w", json!({})).await })
+        })
+        .collect();
+    for call in calls {
+        let (status, answer) = call.await.expect("joined");
+        assert_eq!(status, 200, "{answer}");
+    }
+    let seen = per_connection.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 2, "one new connection: {seen:?}");
+    assert_eq!(seen[1], 8, "all eight went on it: {seen:?}");
 }
