@@ -150,7 +150,8 @@ def nginx_proxy_conf(work, port, upstream, tls=False):
     if tls:  # verified as hookside verifies; sessions resumed (nginx's default)
         scheme = "https"
         verify = (f"proxy_ssl_verify on; proxy_ssl_trusted_certificate {work}/ca.pem; "
-                  "proxy_ssl_name localhost; proxy_ssl_server_name on;")
+                  "proxy_ssl_name localhost; proxy_ssl_server_name on; "
+                  "proxy_ssl_protocols TLSv1.2 TLSv1.3;")  # 1.22 leaves out 1.3 by default
     return f"""
 worker_processes 1; daemon off; master_process off;
 pid {work}/nginx.pid; error_log {work}/nginx.err warn;
