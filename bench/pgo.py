@@ -110,11 +110,11 @@ def train(binary):
         run.write(f"{work}/webhooks.d/tickets.toml", JINJA_WEBHOOK.format(upstream=lab.ports["up"]))
         # A second upstream, over TLS, as `run.py --tls` has it.
         run.certificates(work)
-        https, https_h2 = run.free_port(), run.free_port()
-        run.write(f"{work}/tls.conf", run.nginx_upstream_conf(work, "tls", https, https_h2))
-        lab.start(run.CLIENT_CORE, [run.NGINX, "-c", f"{work}/tls.conf", "-p", work], https)
-        run.write(f"{work}/webhooks.d/https.toml", run.hookside_webhook(https, f"{work}/ca.pem"))
-        run.write(f"{work}/webhooks.d/https-h2.toml", run.hookside_webhook(https_h2, f"{work}/ca.pem"))
+        tls_port, h2_port = run.free_port(), run.free_port()
+        run.write(f"{work}/tls.conf", run.nginx_upstream_conf(work, "tls", tls_port, h2_port))
+        lab.start(run.CLIENT_CORE, [run.NGINX, "-c", f"{work}/tls.conf", "-p", work], tls_port)
+        run.write(f"{work}/webhooks.d/https.toml", run.hookside_webhook(tls_port, f"{work}/ca.pem"))
+        run.write(f"{work}/webhooks.d/https-h2.toml", run.hookside_webhook(h2_port, f"{work}/ca.pem"))
         report = json.loads(post(f"{admin}/-/reload"))
         loaded = {f.get("name") for f in report.get("files", []) if not f.get("errors")}
         if not {"tickets", "https", "https-h2"} <= loaded:

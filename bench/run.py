@@ -110,7 +110,9 @@ def certificates(work):
     """For --tls: a private CA (`ca.pem`) and the upstream's certificate for localhost and
     127.0.0.1, signed by it (`upstream.pem`, `upstream.key`), all in `work`."""
     def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=work, check=True, capture_output=True)
+        done = subprocess.run(["openssl", *args], cwd=work, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"openssl {args[0]} failed: {done.stderr.strip()}")
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
             "-subj", "/CN=hookside bench CA")
@@ -555,7 +557,7 @@ def saturation_table(title, sat):
     for name, runs in sat.items():
         lines.append(f"| {name} | {spread([r['rps'] for r in runs])} | {spread([r['p50_ms'] for r in runs])} "
                      f"| {spread([r['p99_ms'] for r in runs])} | {spread([r['cpu_us'] for r in runs])} "
-                     f"| {spread([r['upstream_us'] for r in runs])} "
+                     f"| {spread([r['upstream_us'] for r in runs]) if name != 'direct' else '-'} "
                      f"| {spread([r['busy0'] for r in runs])} | {spread([r['busy1'] for r in runs])} |")
     lines += ["", "Throughput ratios per round (same round, side by side):", ""]
     for ours in (name for name in sat if name.startswith("hookside")):
@@ -776,6 +778,8 @@ def link_order():
 
 
 def main():
+    if "--tls" in sys.argv and ("--ab" in sys.argv or "--cpu-split" in sys.argv):
+        raise SystemExit("--tls measures the bench's own rounds; it does not go with --ab or --cpu-split")
     if "--ab" in sys.argv:
         at = sys.argv.index("--ab")
         numbers = [int(a) for a in sys.argv[at + 3:] if not a.startswith("--")]

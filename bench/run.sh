@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hookside against nginx and HAProxy, side by side, on loopback.
 # Run with: bash bench/run.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 5 s per test)
-# Installs what it needs (Debian's nginx, haproxy, wrk, valgrind; oha from crates.io,
+# Installs what it needs (Debian's nginx, haproxy, wrk, valgrind, openssl; oha from crates.io,
 # cached in ~/.cargo/bin), builds hookside in release mode with the committed profile
 # (pgo.profdata, as the Dockerfile does), then runs bench/run.py.
 set -euo pipefail
