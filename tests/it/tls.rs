@@ -212,6 +212,21 @@ async fn serve_raw_h2(
     }
 }
 
+/// A directory with the webhook `w`: a POST to the [`raw_h2_upstream`] on `port`, trusting
+/// `ca_pem`, mapping the answer's `n`.
+fn raw_h2_webhook(ca_pem: &str, port: u16) -> Dir {
+    let dir = Dir::new();
+    dir.file("ca.pem", ca_pem);
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"a\"\nmethod = \"POST\"\nurl = \"https://localhost:{port}/orders\"\n\
+             [tls]\nca_file = \"ca.pem\"\n[variables]\nn = \"response.n\"\n"
+        ),
+    );
+    dir
+}
+
 /// A request the upstream says it did not process (RFC 9113, 8.7) goes again, whatever its
 /// method: above a graceful `GOAWAY`'s last stream (servers close HTTP/2 connections after
 /// so many requests, nginx every 1,000 by default) on a new connection, and once refused
@@ -232,15 +247,7 @@ async fn an_http2_request_the_upstream_did_not_process_is_sent_again() {
     ];
     for (name, second, answered, requests) in cases {
         let (port, per_connection) = raw_h2_upstream(Arc::clone(&config), second).await;
-        let dir = Dir::new();
-        dir.file("ca.pem", &ca_pem);
-        dir.file(
-            "w.toml",
-            &format!(
-                "company = \"a\"\nmethod = \"POST\"\nurl = \"https://localhost:{port}/orders\"\n\
-                 [tls]\nca_file = \"ca.pem\"\n[variables]\nn = \"response.n\"\n"
-            ),
-        );
+        let dir = raw_h2_webhook(&ca_pem, port);
         let hookside = Hookside::start(dir.path()).await;
         let (status, first) = hookside.invoke("w", json!({})).await;
         assert_eq!(
@@ -276,15 +283,7 @@ async fn requests_sent_again_after_a_goaway_share_one_new_connection() {
         close: false,
     };
     let (port, per_connection) = raw_h2_upstream(config, second).await;
-    let dir = Dir::new();
-    dir.file("ca.pem", &ca_pem);
-    dir.file(
-        "w.toml",
-        &format!(
-            "company = \"a\"\nmethod = \"POST\"\nurl = \"https://localhost:{port}/orders\"\n\
-             [tls]\nca_file = \"ca.pem\"\n[variables]\nn = \"response.n\"\n"
-        ),
-    );
+    let dir = raw_h2_webhook(&ca_pem, port);
     let hookside = Arc::new(Hookside::start(dir.path()).await);
     assert_eq!(hookside.invoke("w", json!({})).await.0, 200);
     let calls: Vec<_> = (0..8)
