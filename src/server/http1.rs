@@ -88,6 +88,15 @@ pub(super) async fn serve(
                 Parsed::Call(head) => break head,
                 Parsed::Partial if buffer.len() < MAX_HEAD => {}
                 Parsed::Partial | Parsed::Other => return handover(stream, buffer),
+                Parsed::Malformed(message) => {
+                    // Where its body ends is unknown: answer, then close.
+                    let err = ApiError::new(crate::error::ErrorKind::BadRequest, message);
+                    out.clear();
+                    encode(&mut out, Err(err), true, Instant::now());
+                    let _ = stream.write_all(&out).await;
+                    let _ = stream.shutdown().await;
+                    return Ended::Closed;
+                }
             }
             let read = if buffer.is_empty() {
                 if *stop.borrow() {
@@ -197,6 +206,8 @@ enum Parsed {
     Partial,
     /// Something for hyper.
     Other,
+    /// An HTTP/1 head that no server may serve (hyper would answer an empty 400): why.
+    Malformed(String),
 }
 
 fn parse_head(buffer: &[u8]) -> Parsed {
@@ -208,7 +219,32 @@ fn parse_head(buffer: &[u8]) -> Parsed {
     let len = match request.parse_with_uninit_headers(buffer, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
+        // More fields than parsed here, or HTTP/2's preface: hyper serves them.
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Other,
+        Err(_) if buffer.starts_with(b"PRI ") => return Parsed::Other,
+        Err(err) => {
+            return Parsed::Malformed(format!("the request is not valid HTTP/1.1: {err}"));
+        }
+    };
+    // Any route: the body's end must be known before anything is served.
+    let mut lengths = request
+        .headers
+        .iter()
+        .filter(|field| field.name.eq_ignore_ascii_case("content-length"));
+    let length = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(field), None) => match crate::upstream::decimal(field.value.trim_ascii()) {
+            Some(value) => Some(value),
+            None => {
+                return Parsed::Malformed(format!(
+                    "Content-Length {:?} is not a length in bytes",
+                    String::from_utf8_lossy(field.value)
+                ));
+            }
+        },
+        (Some(_), Some(_)) => {
+            return Parsed::Malformed("the request has more than one Content-Length".into());
+        }
     };
     if request.version != Some(1) || request.method != Some("POST") {
         return Parsed::Other;
@@ -236,16 +272,9 @@ fn parse_head(buffer: &[u8]) -> Parsed {
         body: 0,
         close: false,
     };
-    let mut length = None;
     for field in request.headers.iter() {
         let name = field.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            match (crate::upstream::decimal(field.value.trim_ascii()), length) {
-                (Some(value), None) => length = Some(value),
-                // Two lengths or a bad one: hyper answers 400.
-                _ => return Parsed::Other,
-            }
-        } else if name.eq_ignore_ascii_case("authorization") {
+        if name.eq_ignore_ascii_case("authorization") {
             if head.authorization.is_none() {
                 head.authorization = Some(offsets(field.value));
             }

@@ -200,17 +200,34 @@ async fn what_else_comes_is_served_by_hyper_on_the_same_connection() {
     assert_eq!(client.answer().await.expect("answer").path(), "/orders/old");
     assert!(client.closed().await);
 
-    // Two lengths: refused by hyper, nothing sent upstream.
-    let mut client = Client::connect(hookside.bot).await;
-    client.send(&call("twice", "content-length: 3\r\n")).await;
-    let mut rest = String::new();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.stream.read_to_string(&mut rest),
-    )
-    .await;
-    assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
     assert_eq!(upstream.seen().len(), 6);
+}
+
+#[tokio::test]
+async fn a_malformed_request_gets_a_json_400_and_the_connection_closes() {
+    let (upstream, _dir, hookside) = start().await;
+    let malformed = [
+        call("twice", "content-length: 3\r\n"),
+        call("plus", "").replace("content-length: ", "content-length: +"),
+        "GET /v1/webhooks HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"
+            .to_owned(),
+        "POST /v1/webhooks/w HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_owned(),
+    ];
+    for request in &malformed {
+        let mut client = Client::connect(hookside.bot).await;
+        client.send(request).await;
+        let answer = client.answer().await.expect("answer");
+        assert_eq!(answer.status, 400, "{request:?}");
+        assert_eq!(answer.body["error"]["kind"], "bad_request", "{request:?}");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/json"),
+            "{request:?}"
+        );
+        assert_eq!(answer.header("connection"), Some("close"), "{request:?}");
+        assert!(client.closed().await, "{request:?}");
+    }
+    assert!(upstream.seen().is_empty(), "nothing was sent upstream");
 }
 
 #[tokio::test]
