@@ -37,6 +37,9 @@ pub struct Loaded {
     pub files: Vec<FileReport>,
     /// What the next reload needs of each parsed file, by path.
     parsed: HashMap<PathBuf, Parsed>,
+    /// Which file holds each name, for the next reload: the files that won it, and those
+    /// that hold it while they fail.
+    owners: HashMap<String, PathBuf>,
 }
 
 /// What a reload keeps of a parsed file: enough to resolve names and `extends` without
@@ -146,10 +149,12 @@ pub fn load(
 
     // Names: a file that held a name on the previous load keeps it while it exists (even
     // when it fails now: its last good version serves); on a cold start, path order wins.
+    // Not from `previous.parsed`, which also holds the files that lost a name: in a map's
+    // order, a loser could take it on a reload with nothing changed.
     let mut owners: HashMap<&str, &Path> = HashMap::new();
     if let Some(previous) = previous {
-        for (path, parsed) in &previous.parsed {
-            owners.insert(parsed.name.value.as_str(), path.as_path());
+        for (name, path) in &previous.owners {
+            owners.insert(name.as_str(), path.as_path());
         }
         for (name, served) in &previous.webhooks {
             owners.insert(name.as_str(), served.webhook.source.as_path());
@@ -203,8 +208,19 @@ pub fn load(
     for (index, problem) in rejections {
         files[index].errors.push(problem);
     }
+    let mut loaded = Loaded {
+        owners: held
+            .iter()
+            .map(|(name, path)| ((*name).to_owned(), path.to_path_buf()))
+            .chain(
+                by_name
+                    .iter()
+                    .map(|(name, &i)| (name.clone(), files[entries[i].0].path.clone())),
+            )
+            .collect(),
+        ..Loaded::default()
+    };
 
-    let mut loaded = Loaded::default();
     for (i, (index, parsed)) in entries.iter().enumerate() {
         if !claimed[i] {
             continue;

@@ -436,3 +436,41 @@ async fn a_broken_file_keeps_its_name_against_a_newcomer() {
         "the name passes on once its file is gone"
     );
 }
+
+#[tokio::test]
+async fn names_claimed_twice_keep_their_owners_over_many_reloads() {
+    let upstream = echo().await;
+    let dir = Dir::new();
+    let template = |version: &str| {
+        format!(
+            "kind = \"template\"\nname = \"base\"\n{}",
+            versioned(&upstream, version)
+        )
+    };
+    // Two templates and a webhook claim `base`; on a cold start, path order gives it to
+    // t/a.toml. Reloads that change nothing must not hand it to another.
+    dir.file("t/a.toml", &template("1"));
+    dir.file("t/b.toml", &template("2"));
+    dir.file("w.toml", "name = \"w\"\nextends = \"base\"\n");
+    dir.file(
+        "z.toml",
+        &format!("name = \"base\"\n{}", versioned(&upstream, "3")),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    for round in 0..12 {
+        assert_eq!(path_of(&hookside, "w").await, "/v1", "round {round}");
+        assert_eq!(
+            path_of(&hookside, "base").await,
+            "unknown_webhook",
+            "round {round}"
+        );
+        let (status, _, _) = crate::util::send(
+            http::Method::POST,
+            &format!("http://{}/-/reload", hookside.admin),
+            &[],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, 200, "round {round}");
+    }
+}
