@@ -48,13 +48,38 @@ pub struct Outcome {
     pub missing: Option<String>,
 }
 
+/// A JSONPath parse error on one line. The parser's are pest's reports over several lines
+/// (`--> 1:13`, the expression, a caret, `= expected comparable`).
+fn jsonpath_error(err: impl std::fmt::Display) -> String {
+    let text = err.to_string();
+    let column = text
+        .split_once("-->")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|position| position.split_once(':'))
+        .map(|(_, column)| column.to_owned());
+    let why = text
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("= "));
+    match (why, column) {
+        (Some(why), Some(column)) => format!("invalid JSONPath: {why} at character {column}"),
+        _ => {
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            format!("invalid JSONPath: {}", lines.join(" "))
+        }
+    }
+}
+
 impl Variable {
     /// Compiles one variable: `$...` is JSONPath, anything else a Jinja expression.
     pub fn compile(name: &str, source: &str) -> Result<Variable, String> {
         let trimmed = source.trim();
         let kind = if trimmed.starts_with('$') {
-            let query = jsonpath_rust::parser::parse_json_path(trimmed)
-                .map_err(|err| format!("invalid JSONPath: {err}"))?;
+            let query = jsonpath_rust::parser::parse_json_path(trimmed).map_err(jsonpath_error)?;
             let steps: Option<Vec<Step>> = query
                 .segments
                 .iter()

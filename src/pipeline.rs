@@ -105,7 +105,7 @@ pub fn render_request(
         append_pair(&mut query, key, &value.value);
         if show {
             query_has_secret |= value.redacted.is_some();
-            append_pair(&mut shown_query, key, value.shown());
+            append_shown_pair(&mut shown_query, key, value.shown());
         }
     }
     let target = webhook
@@ -237,6 +237,17 @@ fn append_pair(out: &mut String, key: &str, value: &str) {
     render::encode_component(out, key);
     out.push('=');
     render::encode_component(out, value);
+}
+
+/// `append_pair` for what is shown: a secret's `***` stays as written, not `%2A%2A%2A`.
+fn append_shown_pair(out: &mut String, key: &str, shown: &str) {
+    append_pair(out, key, "");
+    for (index, piece) in shown.split("***").enumerate() {
+        if index > 0 {
+            out.push_str("***");
+        }
+        render::encode_component(out, piece);
+    }
 }
 
 /// Phase 4: the upstream body as JSON (all of it validated, the `selection` kept); an
@@ -485,7 +496,8 @@ fn scrub_invocation(invocation: &mut Invocation, secrets: &[String]) {
     }
 }
 
-/// Replaces every occurrence of a secret in `value`'s strings and keys by `***`.
+/// Replaces every occurrence of a secret in `value`'s strings and keys by `***`; a number
+/// whose digits hold one (a PIN echoed as `4455667788`) becomes the string with `***`.
 pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {
     fn clean(text: &str, secrets: &[String]) -> Option<String> {
         let mut out: Option<String> = None;
@@ -517,7 +529,12 @@ pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {
             }
             map.values_mut().for_each(|item| scrub(item, secrets));
         }
-        _ => {}
+        serde_json::Value::Number(number) => {
+            if let Some(cleaned) = clean(&number.to_string(), secrets) {
+                *value = serde_json::Value::String(cleaned);
+            }
+        }
+        serde_json::Value::Bool(_) | serde_json::Value::Null => {}
     }
 }
 

@@ -322,6 +322,12 @@ pub fn compile(
         if let Some(template) =
             text_with_secrets(value, Mode::Text, &format!("headers.{key}"), &mut sink)
         {
+            if let Some(what) = template.invalid_in_header() {
+                sink.problems.push(value.problem(format!(
+                    "headers.{key}: {what} holds a line break or another control character, which a header cannot carry"
+                )));
+                continue;
+            }
             names.extend(template.names());
             headers.push((header, template));
         }

@@ -98,13 +98,41 @@ pub struct RawTls {
 }
 
 /// A query value: one template, or an array that repeats the key.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, JsonSchema)]
 #[serde(untagged)]
 pub enum RawQueryValue {
     /// One value.
     One(String),
     /// The key repeated once per value.
     Many(Vec<String>),
+}
+
+// By hand rather than `untagged`, whose error ("data did not match any variant") does not
+// say what to write.
+impl<'de> Deserialize<'de> for RawQueryValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawQueryValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings (quote numbers and booleans: \"5\")")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<RawQueryValue, E> {
+                Ok(RawQueryValue::One(value.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawQueryValue, A::Error> {
+                let mut values = Vec::new();
+                while let Some(value) = seq.next_element::<String>()? {
+                    values.push(value);
+                }
+                Ok(RawQueryValue::Many(values))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// One `[[examples]]` entry as written.
@@ -335,6 +363,18 @@ pub fn parse(source: &SourceFile) -> Result<Def, Vec<Problem>> {
         problems.push(name.problem(format!("name: {message}")));
     }
     let one = |field: Option<Spanned<String>>| field.map(|s| source.located(s));
+    // Header names are case-insensitive: two spellings of one would silently become one.
+    let mut headers: BTreeMap<String, Located<String>> = BTreeMap::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        let value = source.located(value);
+        let lower = name.to_ascii_lowercase();
+        if headers.contains_key(&lower) {
+            problems.push(value.problem(format!(
+                "headers: {name} is set twice (header names ignore case)"
+            )));
+        }
+        headers.insert(lower, value);
+    }
     let auth = raw.auth.unwrap_or_default();
     let fields = Fields {
         company: one(raw.company),
@@ -351,12 +391,7 @@ pub fn parse(source: &SourceFile) -> Result<Def, Vec<Problem>> {
             password: one(auth.password),
             token: one(auth.token),
         },
-        headers: raw
-            .headers
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, value)| (name.to_ascii_lowercase(), source.located(value)))
-            .collect(),
+        headers,
         query: raw
             .query
             .unwrap_or_default()

@@ -136,7 +136,16 @@ impl fmt::Display for Problem {
                 write!(f, "{column}:")?;
             }
         }
-        write!(f, " {}", self.message)
+        // One line per problem, whatever a parser's message looks like.
+        for line in self
+            .message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            write!(f, " {line}")?;
+        }
+        Ok(())
     }
 }
 

@@ -96,15 +96,49 @@ impl Lookup {
     /// Follows the steps from `root`; `None` is undefined. A default applies to undefined.
     pub fn follow<'a>(&'a self, root: Option<Cow<'a, Json>>) -> Option<Cow<'a, Json>> {
         let mut current = root;
-        for step in &self.steps {
-            current = match current {
-                None => None,
-                Some(Cow::Borrowed(value)) => step.apply(value).map(Cow::Borrowed),
-                Some(Cow::Owned(value)) => step.apply(&value).cloned().map(Cow::Owned),
+        for (at, step) in self.steps.iter().enumerate() {
+            let found = match current {
+                None => break,
+                Some(Cow::Borrowed(value)) => match step.apply(value) {
+                    Some(found) => Cow::Borrowed(found),
+                    None => {
+                        current = index_text(value, &self.steps[at..]).map(Cow::Owned);
+                        break;
+                    }
+                },
+                Some(Cow::Owned(value)) => match step.apply(&value) {
+                    Some(found) => Cow::Owned(found.clone()),
+                    None => {
+                        current = index_text(&value, &self.steps[at..]).map(Cow::Owned);
+                        break;
+                    }
+                },
             };
+            current = Some(found);
         }
         current.or_else(|| self.default.as_ref().map(Cow::Borrowed))
     }
+}
+
+/// What Jinja gives for `steps` on a string when they are all indexes: the character at
+/// the first (counted from the end when negative), itself again at `[0]` or `[-1]`. JSON
+/// has no such value, so it is made; anything else is undefined.
+pub fn index_text(value: &Json, steps: &[Step]) -> Option<Json> {
+    let (Json::String(text), Some((Step::Index(first), rest))) = (value, steps.split_first())
+    else {
+        return None;
+    };
+    let position = if *first < 0 {
+        text.chars()
+            .count()
+            .checked_sub(first.unsigned_abs() as usize)?
+    } else {
+        usize::try_from(*first).ok()?
+    };
+    let character = text.chars().nth(position)?;
+    rest.iter()
+        .all(|step| matches!(step, Step::Index(0 | -1)))
+        .then(|| Json::String(character.to_string()))
 }
 
 impl Step {
@@ -132,9 +166,15 @@ pub fn write_text(out: &mut String, value: Option<&Json>) {
         None | Some(Json::Null) => {}
         Some(Json::String(text)) => out.push_str(text),
         Some(Json::Bool(flag)) => out.push_str(if *flag { "true" } else { "false" }),
-        Some(Json::Number(number)) => {
-            let _ = write!(out, "{number}");
-        }
+        // A float as Jinja prints it (`1e20` is `100000000000000000000.0`).
+        Some(Json::Number(number)) => match number.as_f64().filter(|_| number.is_f64()) {
+            Some(float) => {
+                let _ = write!(out, "{}", minijinja::Value::from(float));
+            }
+            None => {
+                let _ = write!(out, "{number}");
+            }
+        },
         Some(other) => out.push_str(&other.to_string()),
     }
 }

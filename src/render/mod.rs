@@ -163,7 +163,8 @@ pub fn single_expression(source: &str) -> Option<&str> {
 }
 
 /// Writes `text` escaped for `mode`: as is in text; percent-encoded in URLs (a value made
-/// only of dots is encoded too, so it cannot become a `.` or `..` segment).
+/// only of dots is encoded too; a path segment it fills alone is refused when the URL is
+/// rendered).
 pub fn escape_into(out: &mut String, text: &str, mode: Mode, trusted: bool) {
     match jinja::set_for(mode, trusted) {
         None => out.push_str(text),
@@ -174,6 +175,25 @@ pub fn escape_into(out: &mut String, text: &str, mode: Mode, trusted: bool) {
         }
         Some(set) => jinja::encode_with(out, text, set),
     }
+}
+
+/// Refuses a rendered path in which a value made a segment `.` or `..`. Such a value is
+/// percent-encoded (`%2E%2E`), but RFC 3986 (6.2.2.2) makes `%2E` the same as `.`, and
+/// servers that normalise paths would take the request to another path. Only a segment
+/// with an encoded dot is refused: the file's own `.` and `..` are its author's to write.
+fn refuse_dot_segments(path: &str) -> Result<(), String> {
+    for segment in path.split('/') {
+        if segment.len() < 3 || !segment.contains('%') {
+            continue;
+        }
+        let decoded = segment.replace("%2E", ".").replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err(format!(
+                "a value made the path segment {decoded:?}, which would move the request to another path"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Percent-encodes a query key or value (all but unreserved characters).
@@ -326,6 +346,21 @@ impl TextTemplate {
             }
         }
         Ok(Rendered { value, redacted })
+    }
+
+    /// What of the file's own text can never be in an HTTP header field: a literal part
+    /// (`"literal"`) or the secret named (`${env:NAME}`) holding a CR, LF, NUL or another
+    /// control character (a tab is allowed). Values from the conversation are checked when
+    /// rendered.
+    pub fn invalid_in_header(&self) -> Option<String> {
+        let invalid = |text: &str| text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
+        self.parts.iter().find_map(|part| match part {
+            TextPart::Literal(text) if invalid(text) => Some("the text".to_owned()),
+            TextPart::Secret(secret) if invalid(&secret.value) => {
+                Some(format!("the secret ${{{}}}", secret.reference))
+            }
+            _ => None,
+        })
     }
 
     /// The secrets spliced into this value.
@@ -578,6 +613,15 @@ impl UrlTemplate {
         if authority.host().is_empty() {
             return Err("url: no host".into());
         }
+        // `http` reads a port it cannot parse as none at all: the call would go to 80 or 443.
+        let after_host = authority.as_str().strip_prefix(authority.host());
+        if let Some(port) = after_host.and_then(|rest| rest.strip_prefix(':'))
+            && !matches!(port.parse::<u16>(), Ok(1..))
+        {
+            return Err(format!(
+                "url: the port {port:?} in {origin:?} is not a port number (1 to 65535)"
+            ));
+        }
         let path_end = query_start.unwrap_or(url.len());
         let path_source = match &url[authority_end..path_end] {
             "" => "/",
@@ -621,6 +665,7 @@ impl UrlTemplate {
     /// Renders the path and query only (`/orders/7?x=1`), as a request line carries them.
     pub fn render_target(&self, scope: &Scope<'_>, extra: &str) -> Result<String, String> {
         let path = self.path.render(scope)?.value;
+        refuse_dot_segments(&path)?;
         let mut url = if self.origin_path.is_empty() {
             path
         } else {
@@ -805,9 +850,15 @@ l = "plain"
             rendered,
             "https://eu.api.example/v1/..%2F..%2Fadmin%3Fx%3D1%23f/..%2F..%2Fadmin%3Fx%3D1%23f?q=a%26b%3Dc&k=v"
         );
-        let dots = json!({"id": ".."});
-        let dots = url.render(&Scope::new(&fixed, &dots), "").expect("renders");
-        assert_eq!(dots, "https://eu.api.example/v1/%2E%2E/%2E%2E?q=");
+        // Dots alone are encoded; as a whole segment (`%2E` is `.`) they are refused.
+        let dots = json!({"id": "..", "q": ".."});
+        let refused = url.render(&Scope::new(&fixed, &dots), "");
+        assert!(refused.is_err_and(|e| e.contains("another path")));
+        let inside = UrlTemplate::compile("https://api.example/v1/x{{ id }}?q={{ q }}", &fixed)
+            .expect("compiles")
+            .render(&Scope::new(&fixed, &dots), "")
+            .expect("renders");
+        assert_eq!(inside, "https://api.example/v1/x%2E%2E?q=%2E%2E");
     }
 
     #[test]

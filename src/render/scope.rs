@@ -11,7 +11,7 @@ use minijinja::Value;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use serde_json::{Value as Json, json};
 
-use super::lookup::Lookup;
+use super::lookup::{Lookup, Step, index_text};
 use super::select::Data;
 
 /// A webhook's data that never changes: Context Values and `{ name, company }`, as JSON
@@ -123,14 +123,16 @@ impl<'a> Scope<'a> {
         'a: 'b,
     {
         let name = lookup.root.as_str();
-        let found = |value: Option<&'a Json>| {
-            value
-                .map(Cow::Borrowed)
-                .or_else(|| lookup.default.as_ref().map(Cow::Borrowed))
+        let found = |data: Data<'a>, key: Option<&str>| {
+            match data.find(key, &lookup.steps) {
+                Some(value) => Some(Cow::Borrowed(value)),
+                None => indexed_text(data, key, &lookup.steps).map(Cow::Owned),
+            }
+            .or_else(|| lookup.default.as_ref().map(Cow::Borrowed))
         };
         if let Some(answer) = self.answer {
             match name {
-                "response" => return (found(answer.response.find(None, &lookup.steps)), false),
+                "response" => return (found(answer.response, None), false),
                 "status" => return (lookup.follow(Some(Cow::Owned(answer.status.into()))), false),
                 "headers" => {
                     let headers = headers_json(answer.headers);
@@ -148,10 +150,7 @@ impl<'a> Scope<'a> {
                 lookup.follow(Some(Cow::Borrowed(&self.fixed.identity))),
                 true,
             ),
-            _ => (
-                found(self.conversation.find(Some(name), &lookup.steps)),
-                false,
-            ),
+            _ => (found(self.conversation, Some(name)), false),
         }
     }
 
@@ -181,6 +180,20 @@ fn whole(data: Data<'_>) -> Value {
 }
 
 /// Response headers as a JSON object by lower-case name (the last value of a repeated one).
+/// A lookup that found nothing in `data` may end in indexes on a string, which Jinja
+/// reads by character (`firstName[0]`): the string found under the longest such prefix,
+/// indexed.
+fn indexed_text(data: Data<'_>, key: Option<&str>, steps: &[Step]) -> Option<Json> {
+    let indexes = steps
+        .iter()
+        .rev()
+        .take_while(|step| matches!(step, Step::Index(_)))
+        .count();
+    (steps.len() - indexes..steps.len())
+        .rev()
+        .find_map(|at| index_text(data.find(key, &steps[..at])?, &steps[at..]))
+}
+
 fn headers_json(headers: &http::HeaderMap) -> Json {
     Json::Object(
         headers

@@ -132,7 +132,7 @@ async fn hostile_values_never_move_the_request_or_inject_anything() {
         ("a/b?c=d#e", "a&admin=1&q=2"),
         ("@evil.example:80", "%26admin%3D1"),
         ("http://evil.example/", "{{ 7*7 }}{% raw %}"),
-        ("..", "${env:CANARY_ENV}"),
+        ("...", "${env:CANARY_ENV}"),
         ("%2e%2e%2f", "\u{202e}\u{0}"),
     ];
     for (id, reply) in hostile {
@@ -143,6 +143,18 @@ async fn hostile_values_never_move_the_request_or_inject_anything() {
         )
         .await;
         assert_eq!(status, 200, "{id}: {answer}");
+        answers.push(answer);
+    }
+    // A whole segment of dots would be `..` to a server that normalises `%2E`: refused.
+    for id in ["..", "."] {
+        let (status, answer) = call(
+            &process,
+            "w",
+            json!({"extractedData": {"id": id}, "reply": "r"}),
+        )
+        .await;
+        assert_eq!(status, 422, "{id}: {answer}");
+        assert_eq!(answer["error"]["kind"], "render_error", "{answer}");
         answers.push(answer);
     }
     let seen = upstream.seen();

@@ -74,13 +74,50 @@ fn check_reports_every_problem_with_its_location_and_fails() {
         !out.contains("variable status"),
         "a matching variable is not reported: {out}"
     );
+    // A port out of range would have sent the calls to port 80.
     assert!(
-        out.lines()
-            .last()
-            .expect("summary")
-            .contains("problems in 4 files"),
+        line("values.toml", "port").contains("values.toml:2:7: url: the port \"89437\""),
         "{out}"
     );
+    assert!(
+        line("values.toml", "x-note").contains("values.toml:4:10:"),
+        "{out}"
+    );
+    assert!(
+        line("values.toml", "JSONPath").contains(
+            "values.toml:7:5: variables.v: invalid JSONPath: expected comparable at character 13"
+        ),
+        "{out}"
+    );
+    assert!(
+        line("query.toml", "integer `5`").contains(
+            "query.toml:4:9: invalid type: integer `5`, expected a string or an array of strings"
+        ),
+        "{out}"
+    );
+    // One line per problem (a parser's report over several lines included), then the summary.
+    let (summary, problems) = out
+        .trim_end()
+        .lines()
+        .collect::<Vec<_>>()
+        .split_last()
+        .map(|(s, p)| (s.to_string(), p.to_vec()))
+        .expect("lines");
+    assert!(
+        line("headers.toml", "twice").contains("headers.toml:"),
+        "two spellings of one header: {out}"
+    );
+    assert!(summary.contains("10 problems in 7 files"), "{out}");
+    for problem in problems {
+        let mut fields = problem.splitn(4, ':');
+        let (path, line, column) = (fields.next(), fields.next(), fields.next());
+        assert!(
+            path.is_some_and(|p| p.ends_with(".toml"))
+                && line.is_some_and(|l| l.parse::<u32>().is_ok())
+                && column.is_some_and(|c| c.parse::<u32>().is_ok()),
+            "not PATH:LINE:COL: {problem:?}"
+        );
+    }
 }
 
 #[test]
@@ -275,7 +312,7 @@ async fn the_test_route_shows_request_trace_and_warnings() {
     dir.file(
         "w.toml",
         &format!(
-            "company = \"a\"\nurl = \"http://{}/x?q={{{{ reply }}}}\"\n[context]\nunused = \"1\"\n[headers]\nX-Key = \"${{file:t}}\"\n[variables]\nv = \"response.v\"\n",
+            "company = \"a\"\nurl = \"http://{}/x?q={{{{ reply }}}}\"\n[context]\nunused = \"1\"\n[headers]\nX-Key = \"${{file:t}}\"\n[query]\nk = \"${{file:t}}\"\n[variables]\nv = \"response.v\"\n",
             upstream.host()
         ),
     );
@@ -295,8 +332,8 @@ async fn the_test_route_shows_request_trace_and_warnings() {
         dry["request"]["url"]
             .as_str()
             .expect("url")
-            .ends_with("/x?q=a%20b"),
-        "{dry}"
+            .ends_with("/x?q=a%20b&k=***"),
+        "a query secret is shown as ***, as in headers: {dry}"
     );
     assert!(
         dry["request"]["headers"].to_string().contains("***"),

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::util::{Dir, Hookside, Reply, Upstream};
+use crate::util::{Dir, Hookside, Reply, Upstream, assert_error};
 
 fn webhook(upstream: &Upstream, extra: &str) -> String {
     format!(
@@ -190,7 +190,8 @@ region = "context.version"
         ("evil.example/", "/v2/orders/evil.example%2F"),
         ("@evil.example", "/v2/orders/%40evil.example"),
         ("#frag", "/v2/orders/%23frag"),
-        ("..", "/v2/orders/%2E%2E"),
+        ("a..", "/v2/orders/a.."),
+        ("%2E%2E", "/v2/orders/%252E%252E"),
     ];
     for (value, _) in hostile {
         let (status, answer) = hookside
@@ -220,6 +221,47 @@ region = "context.version"
         );
         assert_eq!(request.header("x-hook"), Some("w@acme"), "{value}");
     }
+}
+
+#[tokio::test]
+async fn a_value_that_would_make_a_dot_segment_is_refused_before_the_call() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{}/v1/{{{{ extractedData.kind }}}}/{{{{ extractedData.id }}}}{{{{ extractedData.tail }}}}/status\"\n",
+            upstream.host()
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    // `%2E` is `.` to a server that normalises the path (RFC 3986, 6.2.2.2): `..` here
+    // would reach `/admin/status` instead of an order.
+    for (kind, id, tail) in [
+        ("..", "admin", ""),
+        ("orders", ".", ""),
+        ("orders", ".", "."),
+    ] {
+        let answer = hookside
+            .invoke(
+                "w",
+                json!({"extractedData": {"kind": kind, "id": id, "tail": tail}}),
+            )
+            .await;
+        assert_error(&answer, 422, "render_error");
+        let message = answer.1["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("another path"), "{message}");
+    }
+    assert!(upstream.seen().is_empty(), "nothing reached the upstream");
+    // Dots with anything else in the segment are a plain value.
+    let (status, answer) = hookside
+        .invoke(
+            "w",
+            json!({"extractedData": {"kind": "orders", "id": "v1..2", "tail": "."}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(upstream.only().target, "/v1/orders/v1..2%2E/status");
 }
 
 #[tokio::test]
@@ -307,20 +349,23 @@ async fn a_redirect_is_the_upstreams_answer_and_not_followed() {
 
 #[tokio::test]
 async fn an_upstream_echoing_a_secret_has_it_replaced() {
+    // The PIN comes back as a JSON number, as an API that parses it would echo it.
     let upstream = Upstream::start(|seen| {
+        let pin: u64 = seen.header("x-pin").unwrap_or("0").parse().unwrap_or(0);
         Reply::json(
             200,
-            json!({"echo": seen.header("authorization"), "key": seen.header("x-key")}),
+            json!({"echo": seen.header("authorization"), "key": seen.header("x-key"), "pin": pin, "near": pin + 1}),
         )
     })
     .await;
     let dir = Dir::new();
     dir.file("t", "canary-secret-value");
+    dir.file("pin", "4455667788");
     dir.file(
         "w.toml",
         &webhook(
             &upstream,
-            "[auth]\ntype = \"bearer\"\ntoken = \"${file:t}\"\n[headers]\nX-Key = \"${file:t}\"\n[variables]\nleak = \"response.echo\"\n",
+            "[auth]\ntype = \"bearer\"\ntoken = \"${file:t}\"\n[headers]\nX-Key = \"${file:t}\"\nX-Pin = \"${file:pin}\"\n[variables]\nleak = \"response.echo\"\npin = \"$.pin\"\n",
         ),
     );
     let hookside = Hookside::start(dir.path()).await;
@@ -328,8 +373,15 @@ async fn an_upstream_echoing_a_secret_has_it_replaced() {
     assert_eq!(status, 200);
     let text = answer.to_string();
     assert!(!text.contains("canary-secret-value"), "{text}");
+    assert!(!text.contains("4455667788"), "{text}");
     assert_eq!(answer["variables"]["leak"], "Bearer ***");
     assert_eq!(answer["response"]["key"], "***");
+    assert_eq!(answer["response"]["pin"], "***");
+    assert_eq!(answer["variables"]["pin"], "***");
+    assert_eq!(
+        answer["response"]["near"], 4455667789_u64,
+        "other numbers stay numbers"
+    );
 }
 
 #[tokio::test]
@@ -483,4 +535,48 @@ async fn variables_read_the_answers_headers_only_where_a_mapping_asks() {
     let (_, answer) = hookside.invoke("body", conversation).await;
     assert_eq!(answer["variables"], json!({"id": 7}));
     assert_eq!(answer["response"], json!({"id": 7}));
+}
+
+#[tokio::test]
+async fn plain_lookups_print_and_index_as_jinja_does() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({"name": "Ünal", "ratio": 1e20}))).await;
+    let dir = Dir::new();
+    // Each value twice: as a plain lookup (hookside's own fast path) and forced through
+    // minijinja by `~ ''`. Both must print the same.
+    dir.file(
+        "w.toml",
+        &webhook(
+            &upstream,
+            r#"[headers]
+X-Initial = "{{ firstName[0] }}|{{ firstName[-1] }}|{{ firstName[0][0] }}|{{ firstName[9] }}"
+X-Initial-Jinja = "{{ firstName[0] ~ '' }}|{{ firstName[-1] ~ '' }}|{{ firstName[0][0] ~ '' }}|{{ firstName[9] }}"
+X-N = "{{ n }}|{{ small }}|{{ count }}"
+X-N-Jinja = "{{ n ~ '' }}|{{ small ~ '' }}|{{ count ~ '' }}"
+[variables]
+letter = "response.name[0]"
+letter_jinja = "{{ response.name[0] ~ '' }}"
+last = "response.name[-1]"
+"#,
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside
+        .invoke(
+            "w",
+            json!({"firstName": "Zoe", "n": 1e20, "small": 1.5, "count": 7, "extractedData": {"id": "1"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let seen = upstream.only();
+    assert_eq!(seen.header("x-initial"), Some("Z|e|Z|"));
+    assert_eq!(seen.header("x-initial"), seen.header("x-initial-jinja"));
+    assert_eq!(seen.header("x-n"), seen.header("x-n-jinja"));
+    assert_eq!(seen.header("x-n"), Some("100000000000000000000.0|1.5|7"));
+    assert_eq!(answer["variables"]["letter"], "Ü");
+    assert_eq!(
+        answer["variables"]["letter"],
+        answer["variables"]["letter_jinja"]
+    );
+    assert_eq!(answer["variables"]["last"], "l");
+    assert_eq!(answer["missing"], json!([]), "{answer}");
 }

@@ -146,6 +146,10 @@ proptest! {
                 let path = uri.path();
                 prop_assert!(path.starts_with("/v1/"));
                 prop_assert_eq!(path.matches('/').count(), 4, "one segment per value: {}", path);
+                for segment in path.split('/') {
+                    let decoded = segment.replace("%2E", ".").replace("%2e", ".");
+                    prop_assert!(decoded != "." && decoded != "..", "a dot-segment: {}", path);
+                }
                 let query = uri.query().unwrap_or_default();
                 prop_assert!(query.starts_with("fixed=1&q="));
                 prop_assert_eq!(query.matches('&').count(), 2, "no parameter added: {}", query);
@@ -160,7 +164,9 @@ proptest! {
             Err(err) => {
                 prop_assert_eq!(err.kind, ErrorKind::RenderError);
                 let bad = |s: &str| s.chars().any(|c| (c as u32) < 0x20 && c != '\t' || c == '\u{7f}');
-                prop_assert!(bad(&a) || bad(&b), "refused a valid value: {:?} {:?}: {}", a, b, err.message);
+                // A value that is a whole segment of `.` or `..` is refused too.
+                let dots = |s: &str| s == "." || s == "..";
+                prop_assert!(bad(&a) || bad(&b) || dots(&a) || dots(&b), "refused a valid value: {:?} {:?}: {}", a, b, err.message);
             }
         }
     }
