@@ -8,9 +8,10 @@
 //! the instructions of a bot call off (BENCHMARKS.md).
 //!
 //! Anything else (another path or method, HTTP/1.0, HTTP/2, chunked bodies, `Expect`,
-//! `Upgrade`, a head that is malformed or over the limits) is handed to hyper together
-//! with the bytes already read, and hyper serves the connection from then on. Both answer
-//! the same things the same way: routing and errors are the same functions.
+//! `Upgrade`, a head over the limits) is handed to hyper together with the bytes already
+//! read, and hyper serves the connection from then on. Both answer the same things the
+//! same way: routing and errors are the same functions. A head no server could serve (not
+//! HTTP, two `Content-Length` fields) gets the JSON 400 here, where hyper's is empty.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -226,30 +227,7 @@ fn parse_head(buffer: &[u8]) -> Parsed {
             return Parsed::Malformed(format!("the request is not valid HTTP/1.1: {err}"));
         }
     };
-    // Any route: the body's end must be known before anything is served.
-    let mut lengths = request
-        .headers
-        .iter()
-        .filter(|field| field.name.eq_ignore_ascii_case("content-length"));
-    let length = match (lengths.next(), lengths.next()) {
-        (None, _) => None,
-        (Some(field), None) => match crate::upstream::decimal(field.value.trim_ascii()) {
-            Some(value) => Some(value),
-            None => {
-                return Parsed::Malformed(format!(
-                    "Content-Length {:?} is not a length in bytes",
-                    String::from_utf8_lossy(field.value)
-                ));
-            }
-        },
-        (Some(_), Some(_)) => {
-            return Parsed::Malformed("the request has more than one Content-Length".into());
-        }
-    };
-    if request.version != Some(1) || request.method != Some("POST") {
-        return Parsed::Other;
-    }
-    let Some(name) = request
+    let name = request
         .path
         .and_then(|path| path.strip_prefix("/v1/webhooks/"))
         .filter(|name| {
@@ -257,8 +235,18 @@ fn parse_head(buffer: &[u8]) -> Parsed {
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        })
+        });
+    let Some(name) = name.filter(|_| request.version == Some(1) && request.method == Some("POST"))
     else {
+        // Any route: the body's end must be known before anything is served.
+        let mut length = None;
+        for field in request.headers.iter() {
+            if field.name.eq_ignore_ascii_case("content-length")
+                && let Err(why) = content_length(field.value, &mut length)
+            {
+                return Parsed::Malformed(why);
+            }
+        }
         return Parsed::Other;
     };
     let offsets = |part: &[u8]| {
@@ -272,9 +260,14 @@ fn parse_head(buffer: &[u8]) -> Parsed {
         body: 0,
         close: false,
     };
+    let mut length = None;
     for field in request.headers.iter() {
         let name = field.name;
-        if name.eq_ignore_ascii_case("authorization") {
+        if name.eq_ignore_ascii_case("content-length") {
+            if let Err(why) = content_length(field.value, &mut length) {
+                return Parsed::Malformed(why);
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
             if head.authorization.is_none() {
                 head.authorization = Some(offsets(field.value));
             }
@@ -295,6 +288,24 @@ fn parse_head(buffer: &[u8]) -> Parsed {
     }
     head.body = length.unwrap_or(0);
     Parsed::Call(head)
+}
+
+/// Reads one `Content-Length` field into `length`; a second one, or one that is not a
+/// number, is an error (RFC 9112, 6.3: the body's end is unknown).
+fn content_length(value: &[u8], length: &mut Option<u64>) -> Result<(), String> {
+    if length.is_some() {
+        return Err("the request has more than one Content-Length".into());
+    }
+    match crate::upstream::decimal(value.trim_ascii()) {
+        Some(value) => {
+            *length = Some(value);
+            Ok(())
+        }
+        None => Err(format!(
+            "Content-Length {:?} is not a length in bytes",
+            String::from_utf8_lossy(value)
+        )),
+    }
 }
 
 /// Writes the whole answer: status line, headers, JSON body.
