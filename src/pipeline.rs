@@ -239,6 +239,14 @@ fn append_pair(out: &mut String, key: &str, value: &str) {
     render::encode_component(out, value);
 }
 
+/// Whether the significant digits of a printed float (six or more) are part of a secret.
+fn float_digits_in_secret(text: &str, secrets: &[String]) -> bool {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_start_matches('0').trim_end_matches('0');
+    digits.len() >= 6 && secrets.iter().any(|secret| secret.contains(digits))
+}
+
 /// `append_pair` for what is shown: a secret's `***` stays as written, not `%2A%2A%2A`.
 fn append_shown_pair(out: &mut String, key: &str, shown: &str) {
     append_pair(out, key, "");
@@ -530,8 +538,13 @@ pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {
             map.values_mut().for_each(|item| scrub(item, secrets));
         }
         serde_json::Value::Number(number) => {
-            if let Some(cleaned) = clean(&number.to_string(), secrets) {
+            let text = number.to_string();
+            if let Some(cleaned) = clean(&text, secrets) {
                 *value = serde_json::Value::String(cleaned);
+            } else if number.is_f64() && float_digits_in_secret(&text, secrets) {
+                // A long digit secret echoed as a number parses as a float, which prints
+                // rounded (`9.876543210987654e19`): its leading digits are the secret's.
+                *value = serde_json::Value::String("***".into());
             }
         }
         serde_json::Value::Bool(_) | serde_json::Value::Null => {}

@@ -139,7 +139,7 @@ impl fmt::Display for Problem {
         // One line per problem, whatever a parser's message looks like.
         for line in self
             .message
-            .lines()
+            .split(['\n', '\r'])
             .map(str::trim)
             .filter(|l| !l.is_empty())
         {

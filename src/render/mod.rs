@@ -177,19 +177,30 @@ pub fn escape_into(out: &mut String, text: &str, mode: Mode, trusted: bool) {
     }
 }
 
-/// Refuses a rendered path in which a value made a segment `.` or `..`. Such a value is
-/// percent-encoded (`%2E%2E`), but RFC 3986 (6.2.2.2) makes `%2E` the same as `.`, and
-/// servers that normalise paths would take the request to another path. Only a segment
-/// with an encoded dot is refused: the file's own `.` and `..` are its author's to write.
+/// Refuses a rendered path in which a value holds a `.` or `..` segment. A value is
+/// percent-encoded into one segment (`..` as `%2E%2E`, `../../admin` as `..%2F..%2Fadmin`),
+/// but servers and proxies that normalise paths decode `%2E`, `%2F` and `%5C` first (RFC
+/// 3986 6.2.2.2 makes `%2E` a dot; nginx decodes `%2F` before it resolves `..`) and would
+/// take the request to another path. Only a segment with an encoded character is looked at:
+/// the file's own `.` and `..` are its author's to write.
 fn refuse_dot_segments(path: &str) -> Result<(), String> {
     for segment in path.split('/') {
-        if segment.len() < 3 || !segment.contains('%') {
+        if !segment.contains('%') {
             continue;
         }
-        let decoded = segment.replace("%2E", ".").replace("%2e", ".");
-        if decoded == "." || decoded == ".." {
+        let decoded = segment
+            .replace("%2E", ".")
+            .replace("%2e", ".")
+            .replace("%2F", "/")
+            .replace("%2f", "/")
+            .replace("%5C", "/")
+            .replace("%5c", "/");
+        if decoded
+            .split('/')
+            .any(|piece| piece == "." || piece == "..")
+        {
             return Err(format!(
-                "a value made the path segment {decoded:?}, which would move the request to another path"
+                "a value made the path segment {segment:?}, which a server that normalises paths reads as {decoded:?}: another path"
             ));
         }
     }
@@ -842,14 +853,23 @@ l = "plain"
         )
         .expect("compiles");
         assert_eq!(url.origin, "https://eu.api.example");
-        let conversation = json!({"id": "../../admin?x=1#f", "q": "a&b=c"});
+        let conversation = json!({"id": "a/b?x=1#f", "q": "a&b=c"});
         let rendered = url
             .render(&Scope::new(&fixed, &conversation), "k=v")
             .expect("renders");
         assert_eq!(
             rendered,
-            "https://eu.api.example/v1/..%2F..%2Fadmin%3Fx%3D1%23f/..%2F..%2Fadmin%3Fx%3D1%23f?q=a%26b%3Dc&k=v"
+            "https://eu.api.example/v1/a%2Fb%3Fx%3D1%23f/a%2Fb%3Fx%3D1%23f?q=a%26b%3Dc&k=v"
         );
+        // `..%2F..%2Fadmin` is `/admin` to nginx, which decodes `%2F` before `..`.
+        for hostile in ["../../admin", "a/..", "..\\x", "./x"] {
+            let data = json!({"id": hostile, "q": ""});
+            let refused = url.render(&Scope::new(&fixed, &data), "");
+            assert!(
+                refused.is_err_and(|e| e.contains("another path")),
+                "{hostile}"
+            );
+        }
         // Dots alone are encoded; as a whole segment (`%2E` is `.`) they are refused.
         let dots = json!({"id": "..", "q": ".."});
         let refused = url.render(&Scope::new(&fixed, &dots), "");
@@ -881,14 +901,17 @@ l = "plain"
             &fixed,
         )
         .expect("compiles");
-        let conversation = json!({"id": "x/../../admin"});
+        let conversation = json!({"id": "x/a?b"});
         let rendered = url
             .render(&Scope::new(&fixed, &conversation), "")
             .expect("renders");
         assert_eq!(
             rendered,
-            "https://api.example/%22x%2F..%2F..%2Fadmin%22/x%2F..%2F..%2Fadmin/eu%2Fx"
+            "https://api.example/%22x%2Fa%3Fb%22/x%2Fa%3Fb/eu%2Fx"
         );
+        // Through `safe` or `tojson` too, `..` between encoded slashes is refused.
+        let hostile = json!({"id": "x/../../admin"});
+        assert!(url.render(&Scope::new(&fixed, &hostile), "").is_err());
     }
 
     #[test]

@@ -179,7 +179,6 @@ fn whole(data: Data<'_>) -> Value {
     data.whole().map_or(Value::UNDEFINED, super::value_of)
 }
 
-/// Response headers as a JSON object by lower-case name (the last value of a repeated one).
 /// A lookup that found nothing in `data` may end in indexes on a string, which Jinja
 /// reads by character (`firstName[0]`): the string found under the longest such prefix,
 /// indexed.
@@ -194,6 +193,7 @@ fn indexed_text(data: Data<'_>, key: Option<&str>, steps: &[Step]) -> Option<Jso
         .find_map(|at| index_text(data.find(key, &steps[..at])?, &steps[at..]))
 }
 
+/// Response headers as a JSON object by lower-case name (the last value of a repeated one).
 fn headers_json(headers: &http::HeaderMap) -> Json {
     Json::Object(
         headers

@@ -85,10 +85,17 @@ fn check_reports_every_problem_with_its_location_and_fails() {
     );
     assert!(
         line("values.toml", "JSONPath").contains(
-            "values.toml:7:5: variables.v: invalid JSONPath: expected comparable at character 13"
+            "values.toml:8:5: variables.v: invalid JSONPath: expected comparable at character 13"
         ),
         "{out}"
     );
+    // The secret is named, never shown.
+    let secret = line("values.toml", "x-secret");
+    assert!(
+        secret.contains("values.toml:6:12: headers.x-secret: the secret ${file:newline-secret.txt} holds a line break"),
+        "{out}"
+    );
+    assert!(!out.contains("line one"), "{out}");
     assert!(
         line("query.toml", "integer `5`").contains(
             "query.toml:4:9: invalid type: integer `5`, expected a string or an array of strings"
@@ -107,7 +114,7 @@ fn check_reports_every_problem_with_its_location_and_fails() {
         line("headers.toml", "twice").contains("headers.toml:"),
         "two spellings of one header: {out}"
     );
-    assert!(summary.contains("10 problems in 7 files"), "{out}");
+    assert!(summary.contains("11 problems in 7 files"), "{out}");
     for problem in problems {
         let mut fields = problem.splitn(4, ':');
         let (path, line, column) = (fields.next(), fields.next(), fields.next());
