@@ -27,8 +27,11 @@ pub const NOT_READY_RETRY: Duration = Duration::from_secs(1);
 pub struct State {
     /// The watched directory.
     pub dir: PathBuf,
-    /// Settings from the config file; fixed for the life of the process.
+    /// Settings from the config file; fixed for the life of the process, but for the
+    /// caller tokens, which every reload reads again (`Snapshot::companies`).
     pub settings: Arc<Settings>,
+    /// The config file, if any.
+    pub config: Option<PathBuf>,
     /// The upstream clients; one set for the life of the process, so pools persist.
     pub upstream: Arc<Upstream>,
     /// The current snapshot of webhooks.
@@ -78,12 +81,23 @@ pub enum ServeError {
 impl State {
     /// A state with nothing loaded yet.
     pub fn new(dir: PathBuf, settings: Settings) -> Arc<State> {
+        State::with_config(dir, settings, None)
+    }
+
+    /// A state with nothing loaded yet, whose reloads read `config`'s caller tokens again.
+    pub fn with_config(dir: PathBuf, settings: Settings, config: Option<PathBuf>) -> Arc<State> {
         let upstream = Arc::new(Upstream::new(settings.deny_networks.clone()));
+        let registry = Registry::default();
+        registry.swap(Snapshot {
+            companies: Arc::new(settings.companies.clone()),
+            ..Snapshot::default()
+        });
         Arc::new(State {
             dir,
             settings: Arc::new(settings),
+            config,
             upstream,
-            registry: Registry::default(),
+            registry,
             draining: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
             reload_wanted: tokio::sync::Notify::new(),
@@ -109,23 +123,36 @@ pub async fn reload(state: &State, reason: &str) {
     let previous = state.registry.snapshot();
     // Loading reads files: off the runtime's threads (with one core, the only one). A bug
     // in loading must never take down what serves: a panic is a failed reload.
-    let (dir, settings, upstream, before) = (
+    let (dir, settings, upstream, before, config_file) = (
         state.dir.clone(),
         Arc::clone(&state.settings),
         Arc::clone(&state.upstream),
         Arc::clone(&previous),
+        state.config.clone(),
     );
-    let result = tokio::task::spawn_blocking(move || {
+    let (result, callers) = tokio::task::spawn_blocking(move || {
         let loaded = config::load(&dir, &settings, &upstream, before.loaded.as_ref());
+        let callers = config_file.map(|path| Settings::load(&path).map(|s| s.companies));
         release_freed_memory();
-        loaded
+        (loaded, callers)
     })
     .await
     .unwrap_or_else(|_| {
-        Err(config::LoadError::Panicked {
-            path: state.dir.clone(),
-        })
+        let path = state.dir.clone();
+        (Err(config::LoadError::Panicked { path }), None)
     });
+    // A config file that fails now keeps the tokens that serve (its other settings take
+    // effect only at a restart).
+    let companies = match callers {
+        Some(Ok(companies)) => Arc::new(companies),
+        Some(Err(problems)) => {
+            for problem in &problems {
+                tracing::warn!(%problem, "the config file fails; the caller tokens that serve are kept");
+            }
+            Arc::clone(&previous.companies)
+        }
+        None => Arc::clone(&previous.companies),
+    };
     let duration = started.elapsed();
     let next = match result {
         Ok(loaded) => {
@@ -137,6 +164,7 @@ pub async fn reload(state: &State, reason: &str) {
                 .reloaded(success, loaded.webhooks.len(), loaded.failed_files());
             Snapshot {
                 loaded: Some(loaded),
+                companies,
                 revision: previous.revision + 1,
                 last_reload: Some(ReloadOutcome {
                     at: SystemTime::now(),
@@ -155,6 +183,7 @@ pub async fn reload(state: &State, reason: &str) {
             state.metrics.reloaded(false, webhooks, failed);
             Snapshot {
                 loaded: previous.loaded.clone(),
+                companies,
                 revision: previous.revision + 1,
                 last_reload: Some(ReloadOutcome {
                     at: SystemTime::now(),
@@ -252,7 +281,7 @@ fn log_changes(
 /// keeps it fresh (periodic rescan, SIGHUP, `POST /-/reload`), then drains.
 pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let settings = load_settings(options.config.as_deref()).map_err(ServeError::Config)?;
-    let state = State::new(options.dir.clone(), settings);
+    let state = State::with_config(options.dir.clone(), settings, options.config.clone());
     let bot = bind(&options.listen).await?;
     let admin = bind(&options.admin_listen).await?;
     tracing::info!(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use hookside::app::{self, ServeOptions};
 use hookside::config;
+use hookside::config::Problem;
 use hookside::upstream::Upstream;
 
 /// mimalloc: an invocation makes about a hundred short-lived allocations, on which glibc's
@@ -163,21 +164,26 @@ fn main() -> ExitCode {
 }
 
 fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>, format: Format) -> ExitCode {
-    let settings = match app::load_settings(config_path) {
-        Ok(settings) => settings,
-        Err(problems) => {
-            for problem in problems {
-                println!("{problem}");
-            }
-            return ExitCode::FAILURE;
-        }
+    // A config file or a directory that cannot be read is a report too, in either format.
+    let failed = |problems: Vec<Problem>| hookside::check::Report {
+        ok: false,
+        problems,
+        warnings: Vec::new(),
+        files: 0,
+        webhooks: 0,
+        examples: 0,
     };
-    let report = match hookside::check::check(dir, &settings) {
-        Ok(report) => report,
-        Err(err) => {
-            println!("{}: {err}", dir.display());
-            return ExitCode::FAILURE;
-        }
+    let report = match app::load_settings(config_path) {
+        Err(problems) => failed(problems),
+        Ok(settings) => match hookside::check::check(dir, &settings) {
+            Ok(report) => report,
+            Err(err) => failed(vec![Problem {
+                path: dir.to_path_buf(),
+                line: None,
+                column: None,
+                message: err.to_string(),
+            }]),
+        },
     };
     match format {
         Format::Text => print!("{}", report.to_text()),

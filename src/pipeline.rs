@@ -78,6 +78,10 @@ pub struct Invocation {
     /// What Run Webhook warns about.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Run Webhook showed a body that is not JSON as text, where a bot call fails with
+    /// `upstream_invalid_response`.
+    #[serde(skip)]
+    pub not_json: bool,
 }
 
 /// Phase 1: the data templates see.
@@ -342,6 +346,7 @@ pub async fn call_and_map(
         .map_err(|err| ApiError::from(err).for_webhook(&webhook.name))?;
     let status = answer.status.as_u16();
     let mut warnings = Vec::new();
+    let mut not_json = false;
     let secret = may_hold_secret(&answer.body, &answer.headers, &webhook.secret_finders);
     // The bot's answer embeds the body as it came, so only what the variables read is
     // built; Run Webhook shows the whole body, and scrubbing needs all of it.
@@ -354,6 +359,7 @@ pub async fn call_and_map(
     let document = match parse_response(&answer.body, selection) {
         Ok(document) => document,
         Err(message) if lenient_json => {
+            not_json = true;
             warnings.push(format!(
                 "{message}; shown as text (a bot call would fail with upstream_invalid_response)"
             ));
@@ -407,6 +413,7 @@ pub async fn call_and_map(
         raw_response: None,
         trace,
         warnings,
+        not_json,
     };
     if secret {
         scrub_invocation(&mut invocation, &webhook.secrets);
@@ -580,6 +587,7 @@ mod tests {
                 raw_response: Some(Bytes::from(format!("  {raw}\n"))),
                 trace: Vec::new(),
                 warnings: Vec::new(),
+                not_json: false,
             };
             let expected = serde_json::to_vec(&invocation).expect("serializes");
             let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8");

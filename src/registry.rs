@@ -2,12 +2,14 @@
 //! whole. A request loads the snapshot once and uses it to the end, so a reload never
 //! changes a webhook under an invocation in flight.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::config::Loaded;
+use crate::config::settings::Company;
 
 /// Everything a request or a listing reads, consistent with itself.
 #[derive(Debug, Default)]
@@ -18,6 +20,9 @@ pub struct Snapshot {
     pub revision: u64,
     /// The last reload attempt, successful or not.
     pub last_reload: Option<ReloadOutcome>,
+    /// The companies' caller tokens: read from the config file at start and again at
+    /// every reload, so a rotated token takes effect with the webhooks.
+    pub companies: Arc<HashMap<String, Company>>,
 }
 
 /// What the last reload did.

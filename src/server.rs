@@ -25,6 +25,7 @@ use crate::config::{FileState, Served, Webhook};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{Outcome, WebhookMetrics};
 use crate::pipeline;
+use crate::registry::Snapshot;
 use crate::render::select::{Data, Document, Selection};
 
 mod http1;
@@ -168,7 +169,7 @@ async fn bot(state: &State, request: Request<Incoming>) -> Result<Response<Full<
 }
 
 /// The loaded directory, or `not_ready` before the first load.
-fn loaded(snapshot: &crate::registry::Snapshot) -> Result<&crate::config::Loaded, ApiError> {
+fn loaded(snapshot: &Snapshot) -> Result<&crate::config::Loaded, ApiError> {
     snapshot.loaded.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorKind::NotReady,
@@ -231,7 +232,7 @@ fn callable(state: &State, name: &str, token: Option<&str>) -> Result<Arc<Webhoo
     let snapshot = state.registry.snapshot();
     let loaded = loaded(&snapshot).map_err(|e| e.for_webhook(name))?;
     let served = loaded.webhooks.get(name).ok_or_else(|| unknown(name))?;
-    authorize(state, token, &served.webhook.company).map_err(|e| e.for_webhook(name))?;
+    authorize(&snapshot, token, &served.webhook.company).map_err(|e| e.for_webhook(name))?;
     Ok(Arc::clone(&served.webhook))
 }
 
@@ -405,8 +406,8 @@ fn bearer(value: &[u8]) -> Option<&str> {
 /// sees and calls only their webhooks (403 for any other); a caller without a known token
 /// calls the webhooks of companies that have no tokens, gets 401 (no token) or 403 (a token
 /// that is not theirs) for the others.
-fn authorize(state: &State, presented: Option<&str>, company: &str) -> Result<(), ApiError> {
-    let companies = &state.settings.companies;
+fn authorize(snapshot: &Snapshot, presented: Option<&str>, company: &str) -> Result<(), ApiError> {
+    let companies = &snapshot.companies;
     let owned_by = |name: &str| {
         presented.is_some_and(|token| {
             companies.get(name).is_some_and(|c| {
@@ -445,8 +446,8 @@ fn authorize(state: &State, presented: Option<&str>, company: &str) -> Result<()
 }
 
 /// Whether a caller may see a company's webhooks in listings.
-fn visible(state: &State, request: &Request<Incoming>, company: &str) -> bool {
-    authorize(state, caller_token(request.headers()), company).is_ok()
+fn visible(snapshot: &Snapshot, request: &Request<Incoming>, company: &str) -> bool {
+    authorize(snapshot, caller_token(request.headers()), company).is_ok()
 }
 
 /// Compares in time independent of where the inputs differ.
@@ -464,7 +465,7 @@ fn list(state: &State, request: &Request<Incoming>) -> Result<Response<Full<Byte
     let webhooks: Vec<serde_json::Value> = loaded
         .webhooks
         .values()
-        .filter(|served| visible(state, request, &served.webhook.company))
+        .filter(|served| visible(&snapshot, request, &served.webhook.company))
         .map(entry)
         .collect();
     Ok(json_response(
@@ -482,7 +483,7 @@ fn describe(
     let loaded = loaded(&snapshot).map_err(|e| e.for_webhook(name))?;
     let served = loaded.webhooks.get(name).ok_or_else(|| unknown(name))?;
     authorize(
-        state,
+        &snapshot,
         caller_token(request.headers()),
         &served.webhook.company,
     )

@@ -52,6 +52,9 @@ pub struct TestRun {
     /// The error, when the run failed.
     #[serde(skip)]
     pub error: Option<ApiError>,
+    /// The body was not JSON, shown as text: a bot call would fail.
+    #[serde(skip)]
+    pub not_json: bool,
 }
 
 /// Renders, and unless `dry_run`, calls the upstream and maps the variables.
@@ -76,6 +79,7 @@ pub async fn run(
         trace: Vec::new(),
         warnings: webhook.warnings.iter().map(|w| w.message.clone()).collect(),
         error: None,
+        not_json: false,
     };
     let scope = pipeline::scope(webhook, conversation);
     let rendered = match pipeline::render_request(webhook, &scope, true) {
@@ -115,17 +119,21 @@ pub async fn run(
             run.missing = Some(invocation.missing);
             run.response = Some(invocation.response);
             run.trace = invocation.trace;
+            run.not_json = invocation.not_json;
         }
     }
     run
 }
 
 impl TestRun {
-    /// Whether the call succeeded (2xx) and every variable mapped.
+    /// Whether the call succeeded (2xx, a JSON body where one is expected) and every
+    /// variable mapped: what a bot call would answer 200 to, with nothing missing.
     pub fn succeeded(&self) -> bool {
         self.error.is_none()
             && (self.dry_run
-                || (self.ok == Some(true) && self.missing.as_ref().is_some_and(Vec::is_empty)))
+                || (self.ok == Some(true)
+                    && !self.not_json
+                    && self.missing.as_ref().is_some_and(Vec::is_empty)))
     }
 
     /// The run as a person reads it in a terminal.

@@ -335,7 +335,7 @@ pub fn parse(source: &SourceFile) -> Result<Def, Vec<Problem>> {
         let at = err
             .span()
             .map_or_else(|| source.whole(), |span| source.locate(span.start));
-        vec![at.problem(err.message().trim().to_owned())]
+        vec![at.problem(super::source::toml_message(&err))]
     })?;
     let mut problems = Vec::new();
     let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k)) {

@@ -137,7 +137,7 @@ impl Settings {
             let at = err
                 .span()
                 .map_or_else(|| source.whole(), |span| source.locate(span.start));
-            vec![at.problem(err.message().trim().to_owned())]
+            vec![at.problem(super::source::toml_message(&err))]
         })?;
         let mut settings = Settings::default();
         let mut problems = Vec::new();

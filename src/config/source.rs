@@ -151,6 +151,31 @@ impl fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+/// A TOML or type error's message without the value it quotes: `invalid type: integer
+/// \`123456789\`, expected a string` could be a token written in the file, and problems are
+/// printed and logged. The location already points at the value.
+pub fn toml_message(err: &toml::de::Error) -> String {
+    let message = err.message().trim();
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((found, expected)) = rest.split_once(", expected ") else {
+            continue;
+        };
+        // `integer \`5\``, `string "abc"`: the kind, without the value.
+        let kind = found
+            .find([' ', '`', '"'])
+            .map_or(found, |end| &found[..end]);
+        let kind = match kind {
+            "floating" => "floating point number",
+            other => other,
+        };
+        return format!("{prefix}{kind}, expected {expected}");
+    }
+    message.to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -860,3 +860,59 @@ async fn a_bot_slow_to_read_an_answer_has_the_whole_header_timeout_for_its_next_
         .expect("the second answer, not a closed connection");
     assert_eq!(second.status, 200, "{:?}", second.headers);
 }
+
+#[tokio::test]
+async fn a_rotated_caller_token_takes_effect_at_the_next_reload() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    dir.file("secrets/bot-token", "token-one\n");
+    let config = dir.file(
+        "hookside.toml",
+        "[companies.acme]\ncaller_tokens = [\"${file:secrets/bot-token}\"]\n",
+    );
+    dir.file(
+        "webhooks.d/w.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{}/\"\n",
+            upstream.host()
+        ),
+    );
+    let process = Process::serve(
+        &dir.path().join("webhooks.d"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let status_with = |token: &'static str| {
+        let url = format!("http://{}/v1/webhooks/w", process.bot);
+        async move {
+            let auth = format!("Bearer {token}");
+            let headers = [("authorization", auth.as_str())];
+            send(http::Method::POST, &url, &headers, b"{}".to_vec())
+                .await
+                .0
+                .as_u16()
+        }
+    };
+    let reload = || async {
+        let url = format!("http://{}/-/reload", process.admin);
+        let (status, _, _) = send(http::Method::POST, &url, &[], Vec::new()).await;
+        assert_eq!(status, 200);
+    };
+    assert_eq!(status_with("token-one").await, 200);
+    // Rotated in place, as a Kubernetes Secret is: the old token stops, the new one works.
+    dir.file("secrets/bot-token", "token-two\n");
+    reload().await;
+    assert_eq!(status_with("token-one").await, 403);
+    assert_eq!(status_with("token-two").await, 200);
+    // A config file that fails keeps the tokens that serve.
+    dir.file("hookside.toml", "[companies.acme\n");
+    reload().await;
+    assert_eq!(status_with("token-two").await, 200);
+    assert_eq!(status_with("token-one").await, 403);
+    let logged = crate::util::eventually(Duration::from_secs(5), || async {
+        let log = process.stderr.lock().expect("lock").clone();
+        log.contains("caller tokens that serve are kept")
+    })
+    .await;
+    assert!(logged, "{}", process.stderr.lock().expect("lock"));
+}

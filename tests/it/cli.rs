@@ -97,8 +97,8 @@ fn check_reports_every_problem_with_its_location_and_fails() {
     );
     assert!(!out.contains("line one"), "{out}");
     assert!(
-        line("query.toml", "integer `5`").contains(
-            "query.toml:4:9: invalid type: integer `5`, expected a string or an array of strings"
+        line("query.toml", "invalid type: integer").contains(
+            "query.toml:4:9: invalid type: integer, expected a string or an array of strings"
         ),
         "{out}"
     );
@@ -192,9 +192,19 @@ fn check_never_prints_a_secret() {
         "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${file:canary}\"\n[headers]\nX = \"${file:canary}\"\n[[examples]]\nresponse = '{}'\n[examples.request]\nheaders = { authorization = \"Bearer canary-7f3a9c\" }\n",
     );
     dir.file("bad.toml", "password = \"${file:canary}\"\n[auth\n");
+    // A token written in the file as a number: the type error does not quote it.
+    dir.file(
+        "typed.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = 987654321\n",
+    );
     let output = check(&dir);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("typed.toml:5:9: invalid type: integer, expected a string"),
+        "{out}"
+    );
+    assert!(!out.contains("987654321"), "{out}");
     assert!(
         out.contains("expected \"Bearer canary-7f3a9c\", got \"Bearer ***\""),
         "{out}"
@@ -438,4 +448,60 @@ fn a_template_with_a_bad_extends_is_reported_even_unused() {
         out.contains("t.toml:3:11: extends: no template named \"nowhere\""),
         "{out}"
     );
+}
+
+#[test]
+fn check_answers_in_json_even_when_the_config_or_the_directory_fails() {
+    let dir = Dir::new();
+    let config = dir.file("hookside.toml", "[limits]\nmax_request_body = \"lots\"\n");
+    let config = config.to_str().expect("utf-8");
+    let webhooks = fixtures().join("valid");
+    let webhooks = webhooks.to_str().expect("utf-8");
+    let missing = dir.path().join("nowhere");
+    let missing = missing.to_str().expect("utf-8");
+    for (args, path) in [
+        (
+            vec![
+                "check", "--dir", webhooks, "--config", config, "--format", "json",
+            ],
+            config,
+        ),
+        (vec!["check", "--dir", missing, "--format", "json"], missing),
+    ] {
+        let output = hookside(&args, &[]);
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|err| panic!("{err}: {}", text(&output)));
+        assert_eq!(report["ok"], false, "{report}");
+        assert_eq!(report["problems"][0]["path"], path, "{report}");
+        assert!(
+            report["problems"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{report}"
+        );
+    }
+}
+
+// The binary blocks this thread while the upstream answers it: a second worker serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fails_when_a_bot_call_would_fail_on_a_body_that_is_not_json() {
+    let upstream = Upstream::fixed(Reply::raw(200, "<html>maintenance</html>")).await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"a\"\nurl = \"http://{}/x\"\n[variables]\ncode = \"status\"\n",
+            upstream.host()
+        ),
+    );
+    let run = hookside(
+        &["run", "w", "--dir", dir.path().to_str().expect("utf-8")],
+        &[],
+    );
+    let out = text(&run);
+    // Shown as text with a warning, but a bot call would answer 502: not a success.
+    assert!(out.contains("<html>maintenance</html>"), "{out}");
+    assert!(out.contains("upstream_invalid_response"), "{out}");
+    assert_eq!(run.status.code(), Some(1), "{out}");
 }
