@@ -188,15 +188,9 @@ fn refuse_dot_segments(path: &str) -> Result<(), String> {
         if !segment.contains('%') {
             continue;
         }
-        let decoded = segment
-            .replace("%2E", ".")
-            .replace("%2e", ".")
-            .replace("%2F", "/")
-            .replace("%2f", "/")
-            .replace("%5C", "/")
-            .replace("%5c", "/");
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
         if decoded
-            .split('/')
+            .split(['/', '\\'])
             .any(|piece| piece == "." || piece == "..")
         {
             return Err(format!(
