@@ -1,6 +1,7 @@
 //! Wiring for `hookside serve`: the shared [`State`], reloads (one code path with the first
 //! load), Run Webhook for the `/test` route, listeners and signals.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::settings::Company;
 use crate::config::{self, Problem, Settings};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, ReloadOutcome, Snapshot};
@@ -157,6 +159,7 @@ pub async fn reload(state: &State, reason: &str) {
     let next = match result {
         Ok(loaded) => {
             log_changes(previous.loaded.as_ref(), &loaded, reason, duration);
+            warn_open_case_variants(&loaded, &companies);
             update_series(&state.metrics, previous.loaded.as_ref(), &loaded);
             let success = loaded.failed_files() == 0;
             state
@@ -219,6 +222,23 @@ fn update_series(metrics: &Metrics, previous: Option<&config::Loaded>, loaded: &
         webhook
             .metrics
             .get_or_init(|| metrics.webhook(&webhook.name, &webhook.company));
+    }
+}
+
+/// Warns of each webhook whose company has no caller tokens while a company of the config
+/// file whose name differs only in case has some: it is open to any caller.
+fn warn_open_case_variants(loaded: &config::Loaded, companies: &HashMap<String, Company>) {
+    for served in loaded.webhooks.values() {
+        let webhook = &served.webhook;
+        if let Some(variant) = config::settings::case_variant(companies, &webhook.company) {
+            tracing::warn!(
+                webhook = %webhook.name,
+                company = %webhook.company,
+                config_company = variant,
+                "this webhook's company has no caller tokens, so any caller may call it; \
+                 the config file has a company whose name differs only in case"
+            );
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::raw::{Def, Fields, RawExample};
 use super::secret::{self, Piece};
-use super::settings::{Settings, parse_timeout};
+use super::settings::{self, Settings, parse_timeout};
 use super::source::{Located, Problem};
 use crate::mapping::Variable;
 use crate::render::select::Reads;
@@ -204,6 +204,16 @@ pub fn compile(
             String::new()
         }
     };
+
+    if let (Some(located), Some(variant)) = (
+        &fields.company,
+        settings::case_variant(&settings.companies, &company),
+    ) {
+        sink.warnings.push(located.problem(format!(
+            "company: \"{company}\" has no caller tokens, so any caller may call this webhook, \
+             but the config file has [companies.{variant}] (company names are case-sensitive)"
+        )));
+    }
 
     let method = match &fields.method {
         None => Method::GET,

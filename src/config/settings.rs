@@ -1,6 +1,6 @@
 //! The optional config file (`--config`): defaults, limits, the destination policy and the
-//! companies' caller tokens. Loaded once at start; an error here stops `serve` before any
-//! port is bound.
+//! companies' caller tokens. Loaded at start (an error here stops `serve` before any port
+//! is bound); every reload reads the caller tokens again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -50,6 +50,23 @@ pub struct Settings {
 pub struct Company {
     /// Bearer tokens a caller of this company's webhooks must present (any one of them).
     pub caller_tokens: Vec<Secret>,
+}
+
+/// The company of `companies` whose name differs from `company` only in case, when
+/// `company` itself has no caller tokens there and that one has. Names are compared
+/// exactly, so a webhook of `company = "acme"` is open to any caller while
+/// `[companies.ACME]` holds tokens: almost surely not what was meant.
+pub fn case_variant<'a>(companies: &'a HashMap<String, Company>, company: &str) -> Option<&'a str> {
+    let has_tokens = |c: &Company| !c.caller_tokens.is_empty();
+    if companies.get(company).is_some_and(has_tokens) {
+        return None;
+    }
+    let folded = company.to_lowercase();
+    companies
+        .iter()
+        .filter(|(name, c)| has_tokens(c) && name.to_lowercase() == folded)
+        .map(|(name, _)| name.as_str())
+        .min()
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -916,3 +916,46 @@ async fn a_rotated_caller_token_takes_effect_at_the_next_reload() {
     .await;
     assert!(logged, "{}", process.stderr.lock().expect("lock"));
 }
+
+// Company names are compared exactly: `company = "acme"` under `[companies.ACME]` is open to
+// any caller. It still serves as documented, and the log says why it is open.
+#[tokio::test]
+async fn a_company_named_in_another_case_than_the_config_file_is_warned_of() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    let config = dir.file(
+        "hookside.toml",
+        "[companies.ACME]\ncaller_tokens = [\"token-one\"]\n",
+    );
+    for (name, company) in [("open", "acme"), ("closed", "ACME")] {
+        dir.file(
+            &format!("webhooks.d/{name}.toml"),
+            &format!(
+                "company = \"{company}\"\nurl = \"http://{}/\"\n",
+                upstream.host()
+            ),
+        );
+    }
+    let process = Process::serve(
+        &dir.path().join("webhooks.d"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let status = |name: &str| {
+        let url = format!("http://{}/v1/webhooks/{name}", process.bot);
+        async move { send(http::Method::POST, &url, &[], b"{}".to_vec()).await.0 }
+    };
+    assert_eq!(status("open").await, 200);
+    assert_eq!(status("closed").await, 401);
+    crate::util::eventually(Duration::from_secs(5), || async {
+        process.log().contains("differs only in case")
+    })
+    .await;
+    let log = process.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("differs only in case"))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(line.contains("open") && line.contains("ACME"), "{line}");
+    assert!(!log.contains("webhook=closed"), "{log}");
+}

@@ -483,6 +483,44 @@ fn check_answers_in_json_even_when_the_config_or_the_directory_fails() {
     }
 }
 
+#[test]
+fn check_warns_of_a_company_named_in_another_case_than_the_config_file() {
+    let dir = Dir::new();
+    let config = dir.file(
+        "hookside.toml",
+        "[companies.ACME]\ncaller_tokens = [\"token-one\"]\n[companies.globex]\ncaller_tokens = []\n",
+    );
+    for (name, company) in [("open", "acme"), ("closed", "ACME"), ("globex", "Globex")] {
+        dir.file(
+            &format!("webhooks.d/{name}.toml"),
+            &format!("company = \"{company}\"\nurl = \"http://127.0.0.1:9/\"\n"),
+        );
+    }
+    let webhooks = dir.path().join("webhooks.d");
+    let args = [
+        "check",
+        "--dir",
+        webhooks.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ];
+    let output = hookside(&args, &[]);
+    let out = text(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a warning does not fail: {out}"
+    );
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains("open.toml:1:11: warning: company: \"acme\" has no caller tokens")
+            && warnings[0].contains("[companies.ACME]"),
+        "{out}"
+    );
+    assert!(!out.contains("token-one"), "{out}");
+}
+
 // The binary blocks this thread while the upstream answers it: a second worker serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_fails_when_a_bot_call_would_fail_on_a_body_that_is_not_json() {
