@@ -52,6 +52,15 @@ pub struct Company {
     pub caller_tokens: Vec<Secret>,
 }
 
+/// A host that is an IP address, as a URL writes it (IPv6 in brackets) or bare.
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse().ok()
+}
+
 /// The company of `companies` whose name differs from `company` only in case, when
 /// `company` itself has no caller tokens there and that one has. Names are compared
 /// exactly, so a webhook of `company = "acme"` is open to any caller while
@@ -226,10 +235,14 @@ impl Settings {
             for host in security.allowed_hosts.unwrap_or_default() {
                 let pattern = host.get_ref().trim().to_ascii_lowercase();
                 let bare = pattern.strip_prefix("*.").unwrap_or(&pattern);
-                if bare.is_empty() || bare.contains(['*', '/', ':', '@']) {
+                let address = ip_literal(&pattern).is_some();
+                if !address && (bare.is_empty() || bare.contains(['*', '/', ':', '@'])) {
                     problems.push(at(
                         &host,
-                        format!("security.allowed_hosts: {pattern:?} is not a host name or *.domain pattern"),
+                        format!(
+                            "security.allowed_hosts: {pattern:?} is not a host name, \
+                             *.domain pattern or IP address"
+                        ),
                     ));
                 } else {
                     settings.allowed_hosts.push(pattern);
@@ -282,6 +295,13 @@ impl Settings {
     pub fn host_allowed(&self, host: &str) -> bool {
         if self.allowed_hosts.is_empty() {
             return true;
+        }
+        if let Some(address) = ip_literal(host) {
+            // `::1`, `[::1]` and `0:0::1` are one address.
+            return self
+                .allowed_hosts
+                .iter()
+                .any(|pattern| ip_literal(pattern) == Some(address));
         }
         let host = host.to_ascii_lowercase();
         self.allowed_hosts
@@ -380,6 +400,17 @@ mod tests {
         assert!(!settings.host_allowed("acme.example"));
         assert!(!settings.host_allowed("evilacme.example"));
         assert!(settings.host_allowed("API.partner.example"));
+        assert!(!settings.host_allowed("[::1]"));
+        let addresses = Settings {
+            allowed_hosts: vec!["[::1]".into(), "127.0.0.1".into(), "fd00::a".into()],
+            ..Settings::default()
+        };
+        assert!(addresses.host_allowed("[::1]"));
+        assert!(addresses.host_allowed("[0:0::1]"));
+        assert!(addresses.host_allowed("127.0.0.1"));
+        assert!(addresses.host_allowed("[fd00:0::A]"));
+        assert!(!addresses.host_allowed("[::2]"));
+        assert!(!addresses.host_allowed("127.0.0.2"));
         assert!(settings.address_denied("169.254.169.254".parse().expect("ip")));
         assert!(settings.address_denied("::ffff:169.254.169.254".parse().expect("ip")));
         assert!(!settings.address_denied("127.0.0.1".parse().expect("ip")));

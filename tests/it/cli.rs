@@ -521,6 +521,45 @@ fn check_warns_of_a_company_named_in_another_case_than_the_config_file() {
     assert!(!out.contains("token-one"), "{out}");
 }
 
+#[test]
+fn allowed_hosts_may_name_ip_addresses() {
+    let dir = Dir::new();
+    let config = dir.file(
+        "hookside.toml",
+        "[security]\nallowed_hosts = [\"[::1]\", \"127.0.0.1\", \"api.acme.example\"]\n",
+    );
+    for (name, host) in [
+        ("six", "[0:0::1]"),
+        ("four", "127.0.0.1"),
+        ("other", "[::2]"),
+    ] {
+        dir.file(
+            &format!("webhooks.d/{name}.toml"),
+            &format!("company = \"a\"\nurl = \"http://{host}:9/\"\n"),
+        );
+    }
+    let webhooks = dir.path().join("webhooks.d");
+    let args = [
+        "check",
+        "--dir",
+        webhooks.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ];
+    let output = hookside(&args, &[]);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let problems: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("allowed_hosts"))
+        .collect();
+    assert_eq!(problems.len(), 1, "{out}");
+    assert!(
+        problems[0].contains("other.toml:2:7: url: host \"::2\" is not in security.allowed_hosts"),
+        "{out}"
+    );
+}
+
 // The binary blocks this thread while the upstream answers it: a second worker serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_fails_when_a_bot_call_would_fail_on_a_body_that_is_not_json() {
