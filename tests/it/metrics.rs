@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{Dir, Hookside, Reply, Upstream, get, send};
+use crate::util::{Dir, Hookside, Process, Reply, Upstream, get, send};
 
 /// Every sample of `/metrics`: (name, labels) -> value.
 type Samples = Vec<(String, BTreeMap<String, String>, f64)>;
@@ -290,4 +290,47 @@ async fn a_deleted_webhook_loses_its_series_and_a_failed_reload_is_counted() {
         Some(1.0)
     );
     assert_eq!(value(&samples, "hookside_config_webhooks", &[]), Some(1.0));
+}
+
+// `process_cpu_seconds_total` counts to the clock tick, not in whole seconds: the scraped
+// value lies between the process's CPU time read from /proc just before and just after.
+#[tokio::test]
+async fn process_cpu_seconds_are_counted_to_the_clock_tick() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!("company = \"a\"\nurl = \"http://{}/\"\n", upstream.host()),
+    );
+    let process = Process::serve(dir.path(), &[], &[]);
+    let url = format!("http://{}/v1/webhooks/w", process.bot);
+    for _ in 0..200 {
+        assert_eq!(
+            send(http::Method::POST, &url, &[], b"{}".to_vec()).await.0,
+            200
+        );
+    }
+    let pid = i32::try_from(process.child.id()).expect("pid");
+    let cpu = || {
+        let stat = procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .expect("stat");
+        (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
+    };
+    let before = cpu();
+    let (status, _, body) = get(&format!("http://{}/metrics", process.admin)).await;
+    let after = cpu();
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    let scraped: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("process_cpu_seconds_total "))
+        .unwrap_or_else(|| panic!("no process_cpu_seconds_total: {text}"))
+        .parse()
+        .expect("a number");
+    assert!(before > 0.0, "the process has run: {before}");
+    assert!(
+        (before..=after).contains(&scraped),
+        "{before} <= {scraped} <= {after}"
+    );
 }
