@@ -264,7 +264,7 @@ impl TextTemplate {
                 Piece::Text(text) if !is_template(&text) => {
                     parts.push(TextPart::Literal(literal(text, mode)))
                 }
-                Piece::Text(text) => match split_lookups(&text) {
+                Piece::Text(text) => match split_lookups(&text, mode) {
                     Some(simple) => parts.extend(simple.into_iter().map(|part| match part {
                         TextPart::Literal(text) => TextPart::Literal(literal(text, mode)),
                         other => other,
@@ -389,8 +389,11 @@ fn literal(text: String, mode: Mode) -> String {
 }
 
 /// Splits `a {{ x.y }} b` into literal and lookup parts, or `None` when any part needs
-/// minijinja (statements, comments, whitespace control, anything but a plain lookup).
-fn split_lookups(text: &str) -> Option<Vec<TextPart>> {
+/// minijinja as a whole (statements, comments, whitespace control). Any other expression
+/// needs minijinja too: in text, the whole value is then one template; in a URL, it is a
+/// template of its own, so that a plain `{{ context.NAME }}` beside it still prints as
+/// written (as the file's own text), whatever its neighbours.
+fn split_lookups(text: &str, mode: Mode) -> Option<Vec<TextPart>> {
     if text.contains("{%") || text.contains("{#") {
         return None;
     }
@@ -406,7 +409,15 @@ fn split_lookups(text: &str) -> Option<Vec<TextPart>> {
         if inner.starts_with('-') || inner.ends_with('-') || inner.contains('{') {
             return None;
         }
-        parts.push(TextPart::Lookup(Lookup::parse(inner)?));
+        let part = match Lookup::parse(inner) {
+            Some(lookup) => TextPart::Lookup(lookup),
+            None if mode != Mode::Text => {
+                // Not compiling is not an error here: the whole value is compiled then.
+                TextPart::Jinja(OwnedTemplate::compile(&format!("{{{{{inner}}}}}"), mode).ok()?)
+            }
+            None => return None,
+        };
+        parts.push(part);
         rest = &after[end + 2..];
     }
     if !rest.is_empty() {

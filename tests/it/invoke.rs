@@ -162,6 +162,32 @@ async fn text_body_is_sent_as_rendered() {
     );
 }
 
+// A plain `{{ context.NAME }}` prints as written even beside expressions that minijinja
+// renders (and that are encoded as anything printed from the conversation is).
+#[tokio::test]
+async fn a_plain_context_value_prints_as_written_beside_other_expressions() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            r#"company = "acme"
+url = "http://{}/{{{{ context.version }}}}/{{{{ id | upper }}}}?v={{{{ context.version }}}}&q={{{{ id | upper }}}}&r={{{{ context.version ~ id }}}}"
+[context]
+version = "v2/eu"
+"#,
+            upstream.host()
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("w", json!({"id": "a7/x"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        upstream.only().target,
+        "/v2/eu/A7%2FX?v=v2/eu&q=A7%2FX&r=v2%2Feua7%2Fx"
+    );
+}
+
 #[tokio::test]
 async fn context_values_fill_host_and_path_and_hostile_values_stay_in_their_segment() {
     let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
