@@ -275,13 +275,9 @@ fn run(
         settings.max_response_body,
     ));
     if json {
-        let mut value = serde_json::to_value(&result).unwrap_or_default();
-        if let (Some(err), Some(object)) = (&result.error, value.as_object_mut()) {
-            object.insert("error".into(), err.body()["error"].clone());
-        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
+            serde_json::to_string_pretty(&result.to_json()).unwrap_or_default()
         );
     } else {
         print!("{}", result.to_text());

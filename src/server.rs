@@ -219,10 +219,13 @@ async fn invoke(
                 state.settings.max_response_body,
             )
             .await;
-            match run.error {
-                Some(err) => Err(err),
-                None => Ok(json_response(StatusCode::OK, &run)),
-            }
+            // A failed run answers with the error's status, and still shows the request
+            // it rendered (or sent), its trace and its warnings.
+            let status = run
+                .error
+                .as_ref()
+                .map_or(StatusCode::OK, |e| e.kind.status());
+            Ok(json_response(status, &run.to_json()))
         }
     }
 }

@@ -85,7 +85,7 @@ pub async fn run(
     let rendered = match pipeline::render_request(webhook, &scope, true) {
         Ok(rendered) => rendered,
         Err(err) => {
-            run.error = Some(err);
+            run.error = Some(err.for_webhook(&webhook.name));
             return run;
         }
     };
@@ -104,7 +104,7 @@ pub async fn run(
     )
     .await
     {
-        Err(err) => run.error = Some(err),
+        Err(err) => run.error = Some(err.for_webhook(&webhook.name)),
         Ok(invocation) => {
             run.warnings.extend(invocation.warnings);
             run.warnings.extend(invocation.trace.iter().filter_map(|o| {
@@ -126,6 +126,17 @@ pub async fn run(
 }
 
 impl TestRun {
+    /// As JSON: what `POST /v1/webhooks/{name}/test` answers and `hookside run --json`
+    /// prints, with `error` (`{ kind, message, webhook }`) beside the rest when the run
+    /// failed, so that the rendered request and the warnings still show.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let (Some(err), Some(object)) = (&self.error, value.as_object_mut()) {
+            object.insert("error".into(), err.body()["error"].clone());
+        }
+        value
+    }
+
     /// Whether the call succeeded (2xx, a JSON body where one is expected) and every
     /// variable mapped: what a bot call would answer 200 to, with nothing missing.
     pub fn succeeded(&self) -> bool {

@@ -379,6 +379,55 @@ async fn the_test_route_shows_request_trace_and_warnings() {
     assert!(!String::from_utf8_lossy(&body).contains("route-canary-9"));
 }
 
+// Run Webhook on a failing webhook: the error's status and kind, and still the request it
+// rendered and the warnings (what a person needs to see why it failed).
+#[tokio::test]
+async fn the_test_route_shows_the_request_and_warnings_of_a_failed_run() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let dir = Dir::new();
+    dir.file("t", "failed-canary-3");
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"a\"\nurl = \"http://127.0.0.1:{port}/items/{{{{ id }}}}\"\n[context]\nunused = \"1\"\n[headers]\nX-Key = \"${{file:t}}\"\n"
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let url = format!("http://{}/v1/webhooks/w/test", hookside.bot);
+    let (status, _, body) = send(http::Method::POST, &url, &[], br#"{"id": "7"}"#.to_vec()).await;
+    let failed: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(status, 502, "{failed}");
+    assert_eq!(failed["error"]["kind"], "upstream_unreachable", "{failed}");
+    assert_eq!(failed["error"]["webhook"], "w", "{failed}");
+    assert_eq!(
+        failed["request"]["url"],
+        format!("http://127.0.0.1:{port}/items/7"),
+        "{failed}"
+    );
+    assert!(
+        failed["request"]["headers"].to_string().contains("***"),
+        "{failed}"
+    );
+    assert!(
+        failed["warnings"].to_string().contains("context.unused"),
+        "{failed}"
+    );
+    assert!(!String::from_utf8_lossy(&body).contains("failed-canary-3"));
+
+    // A render error: no request, the warnings still.
+    let (status, _, body) = send(http::Method::POST, &url, &[], br#"{"id": ".."}"#.to_vec()).await;
+    let refused: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["kind"], "render_error", "{refused}");
+    assert!(refused.get("request").is_none(), "{refused}");
+    assert!(
+        refused["warnings"].to_string().contains("context.unused"),
+        "{refused}"
+    );
+}
+
 #[test]
 fn the_schema_validates_every_sample_and_fixture_and_rejects_unknown_keys() {
     let output = hookside(&["schema"], &[]);
