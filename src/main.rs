@@ -173,10 +173,17 @@ fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>, format: F
         webhooks: 0,
         examples: 0,
     };
-    let report = match app::load_settings(config_path) {
+    let settings = match config_path {
+        Some(path) => config::Settings::load_for_check(path),
+        None => Ok((config::Settings::default(), Vec::new())),
+    };
+    let report = match settings {
         Err(problems) => failed(problems),
-        Ok(settings) => match hookside::check::check(dir, &settings) {
-            Ok(report) => report,
+        Ok((settings, config_warnings)) => match hookside::check::check(dir, &settings) {
+            Ok(mut report) => {
+                report.warnings.splice(0..0, config_warnings);
+                report
+            }
             Err(err) => failed(vec![Problem {
                 path: dir.to_path_buf(),
                 line: None,

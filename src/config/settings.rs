@@ -157,8 +157,32 @@ impl Settings {
         Settings::parse(&SourceFile::new(Arc::from(path), text))
     }
 
+    /// Loads the config file for `hookside check`, which runs where production secrets
+    /// are not (a pull request's CI): a caller token that cannot be resolved is a warning,
+    /// returned beside the settings, and a placeholder stands in.
+    pub fn load_for_check(path: &Path) -> Result<(Settings, Vec<Problem>), Vec<Problem>> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            vec![Problem {
+                path: path.to_path_buf(),
+                line: None,
+                column: None,
+                message: format!("cannot read the config file: {err}"),
+            }]
+        })?;
+        Settings::parse_with(&SourceFile::new(Arc::from(path), text), true)
+    }
+
     /// Validates a config file's text.
     pub fn parse(source: &SourceFile) -> Result<Settings, Vec<Problem>> {
+        Settings::parse_with(source, false).map(|(settings, _)| settings)
+    }
+
+    /// Validates a config file's text; with `secrets_optional`, a caller token that cannot
+    /// be resolved is a warning (returned) rather than a problem.
+    fn parse_with(
+        source: &SourceFile,
+        secrets_optional: bool,
+    ) -> Result<(Settings, Vec<Problem>), Vec<Problem>> {
         let raw: RawSettings = toml::from_str(source.text()).map_err(|err| {
             let at = err
                 .span()
@@ -261,11 +285,28 @@ impl Settings {
                 }
             }
         }
+        let mut warnings = Vec::new();
         for (name, company) in raw.companies.unwrap_or_default() {
             let mut tokens = Vec::new();
             for token in company.caller_tokens {
-                let resolved = secret::resolve(token.get_ref(), source.whole().base_dir())
-                    .map(|pieces| secret::reveal(&pieces));
+                let whole = source.whole();
+                let base = whole.base_dir();
+                let resolved = if secrets_optional {
+                    secret::resolve_or_placeholder(token.get_ref(), base).map(|(pieces, unset)| {
+                        for message in unset {
+                            warnings.push(at(
+                                &token,
+                                format!(
+                                    "companies.{name}.caller_tokens: {message} \
+                                     (a placeholder stands in; serve needs it set)"
+                                ),
+                            ));
+                        }
+                        secret::reveal(&pieces)
+                    })
+                } else {
+                    secret::resolve(token.get_ref(), base).map(|pieces| secret::reveal(&pieces))
+                };
                 match resolved {
                     Ok(value) => tokens.push(Secret {
                         value,
@@ -285,7 +326,7 @@ impl Settings {
             );
         }
         if problems.is_empty() {
-            Ok(settings)
+            Ok((settings, warnings))
         } else {
             Err(problems)
         }

@@ -570,6 +570,43 @@ fn check_warns_of_a_company_named_in_another_case_than_the_config_file() {
     assert!(!out.contains("token-one"), "{out}");
 }
 
+// `check` runs where production secrets are not: a caller token that is not set there is a
+// warning, as a webhook's secret is, and the webhooks are still checked.
+#[test]
+fn check_warns_of_caller_tokens_not_set_where_it_runs() {
+    let dir = Dir::new();
+    let config = dir.file(
+        "hookside.toml",
+        "[companies.acme]\ncaller_tokens = [\"${env:HOOKSIDE_TEST_UNSET_TOKEN}\", \"${file:secrets/none}\"]\n",
+    );
+    dir.file(
+        "webhooks.d/w.toml",
+        "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n[variables]\nv = \"$[\"\n",
+    );
+    let webhooks = dir.path().join("webhooks.d");
+    let args = [
+        "check",
+        "--dir",
+        webhooks.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ];
+    let output = hookside(&args, &[]);
+    let out = text(&output);
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(warnings.len(), 2, "{out}");
+    assert!(
+        warnings[0].contains("hookside.toml:2:18: warning: companies.acme.caller_tokens")
+            && warnings[0].contains("HOOKSIDE_TEST_UNSET_TOKEN is not set"),
+        "{out}"
+    );
+    assert!(warnings[1].contains("hookside.toml:2:54:"), "{out}");
+    // The webhooks were checked: the broken JSONPath fails the check, nothing else does.
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("w.toml:4:5: "), "{out}");
+    assert!(out.contains("1 problems in 1 files"), "{out}");
+}
+
 #[test]
 fn allowed_hosts_may_name_ip_addresses() {
     let dir = Dir::new();
