@@ -145,12 +145,18 @@ pub async fn reload(state: &State, reason: &str) {
     });
     // A config file that fails now keeps the tokens that serve (its other settings take
     // effect only at a restart).
+    // It fails the reload too (what is read of it is the caller tokens), so that alerts on
+    // `hookside_config_last_reload_successful` see it.
+    let mut config_error = None;
     let companies = match callers {
         Some(Ok(companies)) => Arc::new(companies),
         Some(Err(problems)) => {
             for problem in &problems {
                 tracing::warn!(%problem, "the config file fails; the caller tokens that serve are kept");
             }
+            config_error = problems.first().map(|problem| {
+                format!("the config file fails, its caller tokens are kept: {problem}")
+            });
             Arc::clone(&previous.companies)
         }
         None => Arc::clone(&previous.companies),
@@ -161,7 +167,7 @@ pub async fn reload(state: &State, reason: &str) {
             log_changes(previous.loaded.as_ref(), &loaded, reason, duration);
             warn_open_case_variants(&loaded, &companies);
             update_series(&state.metrics, previous.loaded.as_ref(), &loaded);
-            let success = loaded.failed_files() == 0;
+            let success = loaded.failed_files() == 0 && config_error.is_none();
             state
                 .metrics
                 .reloaded(success, loaded.webhooks.len(), loaded.failed_files());
@@ -173,7 +179,7 @@ pub async fn reload(state: &State, reason: &str) {
                     at: SystemTime::now(),
                     duration,
                     success,
-                    error: None,
+                    error: config_error,
                 }),
             }
         }

@@ -915,6 +915,37 @@ async fn a_rotated_caller_token_takes_effect_at_the_next_reload() {
     })
     .await;
     assert!(logged, "{}", process.stderr.lock().expect("lock"));
+    // That reload failed, for dashboards and alerts as for the log; a good file mends it.
+    let last_reload = || async {
+        let url = format!("http://{}/-/config", process.admin);
+        let (_, _, body) = get(&url).await;
+        let config: Value = serde_json::from_slice(&body).expect("JSON");
+        let url = format!("http://{}/metrics", process.admin);
+        let (_, _, metrics) = get(&url).await;
+        let metrics = String::from_utf8(metrics.to_vec()).expect("utf-8");
+        let successful = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("hookside_config_last_reload_successful "))
+            .map(str::to_owned);
+        (config["last_reload"].clone(), successful)
+    };
+    let (outcome, successful) = last_reload().await;
+    assert_eq!(outcome["result"], "failure", "{outcome}");
+    assert!(
+        outcome["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("config file")),
+        "{outcome}"
+    );
+    assert_eq!(successful.as_deref(), Some("0"));
+    dir.file(
+        "hookside.toml",
+        "[companies.acme]\ncaller_tokens = [\"${file:secrets/bot-token}\"]\n",
+    );
+    reload().await;
+    let (outcome, successful) = last_reload().await;
+    assert_eq!(outcome["result"], "success", "{outcome}");
+    assert_eq!(successful.as_deref(), Some("1"));
 }
 
 // Company names are compared exactly: `company = "acme"` under `[companies.ACME]` is open to
