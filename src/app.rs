@@ -198,7 +198,10 @@ pub async fn reload(state: &State, reason: &str) {
                     at: SystemTime::now(),
                     duration,
                     success: false,
-                    error: Some(err.to_string()),
+                    error: Some(match config_error {
+                        Some(config) => format!("{err}; {config}"),
+                        None => err.to_string(),
+                    }),
                 }),
             }
         }

@@ -218,7 +218,12 @@ fn run(
         eprintln!("hookside run: {message}");
         ExitCode::from(2)
     };
-    let settings = match app::load_settings(config_path) {
+    // `run` calls no caller check: a caller token that is not set here does not stop it.
+    let settings = match config_path {
+        Some(path) => config::Settings::load_for_check(path).map(|(settings, _)| settings),
+        None => Ok(config::Settings::default()),
+    };
+    let settings = match settings {
         Ok(settings) => settings,
         Err(problems) => {
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();

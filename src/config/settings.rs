@@ -70,10 +70,13 @@ pub fn case_variant<'a>(companies: &'a HashMap<String, Company>, company: &str) 
     if companies.get(company).is_some_and(has_tokens) {
         return None;
     }
-    let folded = company.to_lowercase();
+    // Both ways: `ß` upper-cases to `SS`, which lower-cases to `ss`.
+    let (lower, upper) = (company.to_lowercase(), company.to_uppercase());
     companies
         .iter()
-        .filter(|(name, c)| has_tokens(c) && name.to_lowercase() == folded)
+        .filter(|(name, c)| {
+            has_tokens(c) && (name.to_lowercase() == lower || name.to_uppercase() == upper)
+        })
         .map(|(name, _)| name.as_str())
         .min()
 }
@@ -326,6 +329,7 @@ impl Settings {
             );
         }
         if problems.is_empty() {
+            warnings.sort_by_key(|w| (w.line, w.column));
             Ok((settings, warnings))
         } else {
             Err(problems)
@@ -455,6 +459,30 @@ mod tests {
         assert!(settings.address_denied("169.254.169.254".parse().expect("ip")));
         assert!(settings.address_denied("::ffff:169.254.169.254".parse().expect("ip")));
         assert!(!settings.address_denied("127.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn a_company_named_in_another_case_is_found_both_ways() {
+        let token = Secret {
+            value: "t".into(),
+            reference: "companies.x.caller_tokens".into(),
+        };
+        let companies: HashMap<String, Company> = ["ACME", "STRASSE", "open"]
+            .into_iter()
+            .map(|name| {
+                let caller_tokens = if name == "open" {
+                    vec![]
+                } else {
+                    vec![token.clone()]
+                };
+                (name.to_owned(), Company { caller_tokens })
+            })
+            .collect();
+        assert_eq!(case_variant(&companies, "acme"), Some("ACME"));
+        assert_eq!(case_variant(&companies, "straße"), Some("STRASSE"));
+        assert_eq!(case_variant(&companies, "ACME"), None, "its own tokens");
+        assert_eq!(case_variant(&companies, "OPEN"), None, "no tokens to miss");
+        assert_eq!(case_variant(&companies, "globex"), None);
     }
 
     #[test]

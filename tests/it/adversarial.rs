@@ -978,6 +978,14 @@ async fn a_company_named_in_another_case_than_the_config_file_is_warned_of() {
     };
     assert_eq!(status("open").await, 200);
     assert_eq!(status("closed").await, 401);
+    // Run Webhook lists it among its warnings.
+    let url = format!("http://{}/v1/webhooks/open/test?dry_run=true", process.bot);
+    let (_, _, body) = send(http::Method::POST, &url, &[], b"{}".to_vec()).await;
+    let run: Value = serde_json::from_slice(&body).expect("JSON");
+    assert!(
+        run["warnings"].to_string().contains("[companies.ACME]"),
+        "{run}"
+    );
     crate::util::eventually(Duration::from_secs(5), || async {
         process.log().contains("differs only in case")
     })

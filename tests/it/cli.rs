@@ -416,16 +416,19 @@ async fn the_test_route_shows_the_request_and_warnings_of_a_failed_run() {
     );
     assert!(!String::from_utf8_lossy(&body).contains("failed-canary-3"));
 
-    // A render error: no request, the warnings still.
-    let (status, _, body) = send(http::Method::POST, &url, &[], br#"{"id": ".."}"#.to_vec()).await;
-    let refused: Value = serde_json::from_slice(&body).expect("JSON");
-    assert_eq!(status, 422, "{refused}");
-    assert_eq!(refused["error"]["kind"], "render_error", "{refused}");
-    assert!(refused.get("request").is_none(), "{refused}");
-    assert!(
-        refused["warnings"].to_string().contains("context.unused"),
-        "{refused}"
-    );
+    // A render error, sent or dry: no request, the warnings still.
+    for url in [url.clone(), format!("{url}?dry_run=true")] {
+        let (status, _, body) =
+            send(http::Method::POST, &url, &[], br#"{"id": ".."}"#.to_vec()).await;
+        let refused: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(status, 422, "{url}: {refused}");
+        assert_eq!(refused["error"]["kind"], "render_error", "{refused}");
+        assert!(refused.get("request").is_none(), "{refused}");
+        assert!(
+            refused["warnings"].to_string().contains("context.unused"),
+            "{refused}"
+        );
+    }
 }
 
 #[test]
@@ -583,6 +586,10 @@ fn check_warns_of_caller_tokens_not_set_where_it_runs() {
         "webhooks.d/w.toml",
         "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n[variables]\nv = \"$[\"\n",
     );
+    dir.file(
+        "webhooks.d/ok.toml",
+        "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n",
+    );
     let webhooks = dir.path().join("webhooks.d");
     let args = [
         "check",
@@ -604,7 +611,19 @@ fn check_warns_of_caller_tokens_not_set_where_it_runs() {
     // The webhooks were checked: the broken JSONPath fails the check, nothing else does.
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(out.contains("w.toml:4:5: "), "{out}");
-    assert!(out.contains("1 problems in 1 files"), "{out}");
+    assert!(out.contains("1 problems in 1 files (2 files"), "{out}");
+    // `run` checks no caller: the unset token does not stop it either.
+    let run = [
+        "run",
+        "ok",
+        "--dry-run",
+        "--dir",
+        webhooks.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ];
+    let output = hookside(&run, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
 }
 
 #[test]

@@ -294,6 +294,7 @@ async fn a_deleted_webhook_loses_its_series_and_a_failed_reload_is_counted() {
 
 // `process_cpu_seconds_total` counts to the clock tick, not in whole seconds: the scraped
 // value lies between the process's CPU time read from /proc just before and just after.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn process_cpu_seconds_are_counted_to_the_clock_tick() {
     let upstream = Upstream::fixed(Reply::json(200, json!({}))).await;
