@@ -165,7 +165,7 @@ pub async fn reload(state: &State, reason: &str) {
     let next = match result {
         Ok(loaded) => {
             log_changes(previous.loaded.as_ref(), &loaded, reason, duration);
-            warn_open_case_variants(&loaded, &companies);
+            warn_open_case_variants(&previous, &loaded, &companies);
             update_series(&state.metrics, previous.loaded.as_ref(), &loaded);
             let success = loaded.failed_files() == 0 && config_error.is_none();
             state
@@ -235,11 +235,22 @@ fn update_series(metrics: &Metrics, previous: Option<&config::Loaded>, loaded: &
 }
 
 /// Warns of each webhook whose company has no caller tokens while a company of the config
-/// file whose name differs only in case has some: it is open to any caller.
-fn warn_open_case_variants(loaded: &config::Loaded, companies: &HashMap<String, Company>) {
+/// file whose name differs only in case has some: it is open to any caller. Once, when it
+/// becomes so (at start, or when its file or the config file changes), not at every rescan.
+fn warn_open_case_variants(
+    previous: &Snapshot,
+    loaded: &config::Loaded,
+    companies: &HashMap<String, Company>,
+) {
+    let was_warned = |name: &str, company: &str, variant: &str| {
+        let before = previous.loaded.as_ref().and_then(|l| l.webhooks.get(name));
+        before.is_some_and(|served| served.webhook.company == company)
+            && config::settings::case_variant(&previous.companies, company) == Some(variant)
+    };
     for served in loaded.webhooks.values() {
         let webhook = &served.webhook;
-        if let Some(variant) = config::settings::case_variant(companies, &webhook.company) {
+        let variant = config::settings::case_variant(companies, &webhook.company);
+        if let Some(variant) = variant.filter(|v| !was_warned(&webhook.name, &webhook.company, v)) {
             tracing::warn!(
                 webhook = %webhook.name,
                 company = %webhook.company,

@@ -997,4 +997,24 @@ async fn a_company_named_in_another_case_than_the_config_file_is_warned_of() {
         .unwrap_or_else(|| panic!("no warning: {log}"));
     assert!(line.contains("open") && line.contains("ACME"), "{line}");
     assert!(!log.contains("webhook=closed"), "{log}");
+    // Once, not at every reload; again when the file changes and it is still open.
+    let warnings = || process.log().matches("differs only in case").count();
+    let reload = || async {
+        let url = format!("http://{}/-/reload", process.admin);
+        assert_eq!(send(http::Method::POST, &url, &[], Vec::new()).await.0, 200);
+    };
+    reload().await;
+    reload().await;
+    assert_eq!(warnings(), 1, "{}", process.log());
+    dir.file(
+        "webhooks.d/open.toml",
+        &format!(
+            "company = \"Acme\"\nurl = \"http://{}/\"\n",
+            upstream.host()
+        ),
+    );
+    reload().await;
+    let again = crate::util::eventually(Duration::from_secs(5), || async { warnings() == 2 }).await;
+    assert!(again, "{}", process.log());
+    assert!(process.log().contains("company=Acme"), "{}", process.log());
 }
