@@ -144,8 +144,7 @@ pub async fn reload(state: &State, reason: &str) {
         (Err(config::LoadError::Panicked { path }), None)
     });
     // A config file that fails now keeps the tokens that serve (its other settings take
-    // effect only at a restart).
-    // It fails the reload too (what is read of it is the caller tokens), so that alerts on
+    // effect only at a restart), and fails the reload, so that alerts on
     // `hookside_config_last_reload_successful` see it.
     let mut config_error = None;
     let companies = match callers {

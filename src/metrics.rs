@@ -366,8 +366,8 @@ impl Collector for SeriesCollector {
 }
 
 /// The crate's `process_*` metrics, with `process_cpu_seconds_total` to the clock tick
-/// (10 ms), as the Go and Python clients give it. The crate's counter holds whole seconds:
-/// a sidecar busy 2 % of the time showed a CPU rate of 0 or 1/60 per scrape interval.
+/// (10 ms), as the Go and Python clients give it. The crate's counter holds whole seconds,
+/// so a sidecar's CPU rate moved in steps of a whole second per rate window.
 #[cfg(target_os = "linux")]
 struct ProcessMetrics(prometheus::process_collector::ProcessCollector);
 

@@ -52,6 +52,19 @@ pub struct Company {
     pub caller_tokens: Vec<Secret>,
 }
 
+/// The config file's text, or why it cannot be read.
+fn read(path: &Path) -> Result<SourceFile, Vec<Problem>> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        vec![Problem {
+            path: path.to_path_buf(),
+            line: None,
+            column: None,
+            message: format!("cannot read the config file: {err}"),
+        }]
+    })?;
+    Ok(SourceFile::new(Arc::from(path), text))
+}
+
 /// A host that is an IP address, as a URL writes it (IPv6 in brackets) or bare.
 fn ip_literal(host: &str) -> Option<IpAddr> {
     let bare = host
@@ -149,30 +162,14 @@ pub fn default_deny_networks() -> Vec<IpNet> {
 impl Settings {
     /// Reads and validates a config file, reporting every problem.
     pub fn load(path: &Path) -> Result<Settings, Vec<Problem>> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            vec![Problem {
-                path: path.to_path_buf(),
-                line: None,
-                column: None,
-                message: format!("cannot read the config file: {err}"),
-            }]
-        })?;
-        Settings::parse(&SourceFile::new(Arc::from(path), text))
+        Settings::parse(&read(path)?)
     }
 
     /// Loads the config file for `hookside check`, which runs where production secrets
     /// are not (a pull request's CI): a caller token that cannot be resolved is a warning,
     /// returned beside the settings, and a placeholder stands in.
     pub fn load_for_check(path: &Path) -> Result<(Settings, Vec<Problem>), Vec<Problem>> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            vec![Problem {
-                path: path.to_path_buf(),
-                line: None,
-                column: None,
-                message: format!("cannot read the config file: {err}"),
-            }]
-        })?;
-        Settings::parse_with(&SourceFile::new(Arc::from(path), text), true)
+        Settings::parse_with(&read(path)?, true)
     }
 
     /// Validates a config file's text.
