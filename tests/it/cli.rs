@@ -27,6 +27,19 @@ fn check(dir: &Dir) -> Output {
     )
 }
 
+/// `check` of `DIR/webhooks.d` with `config`.
+fn check_with_config(dir: &Dir, config: &Path) -> Output {
+    let webhooks = dir.path().join("webhooks.d");
+    let args = [
+        "check",
+        "--dir",
+        webhooks.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ];
+    hookside(&args, &[])
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -548,15 +561,7 @@ fn check_warns_of_a_company_named_in_another_case_than_the_config_file() {
             &format!("company = \"{company}\"\nurl = \"http://127.0.0.1:9/\"\n"),
         );
     }
-    let webhooks = dir.path().join("webhooks.d");
-    let args = [
-        "check",
-        "--dir",
-        webhooks.to_str().expect("utf-8"),
-        "--config",
-        config.to_str().expect("utf-8"),
-    ];
-    let output = hookside(&args, &[]);
+    let output = check_with_config(&dir, &config);
     let out = text(&output);
     assert_eq!(
         output.status.code(),
@@ -590,15 +595,7 @@ fn check_warns_of_caller_tokens_not_set_where_it_runs() {
         "webhooks.d/ok.toml",
         "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n",
     );
-    let webhooks = dir.path().join("webhooks.d");
-    let args = [
-        "check",
-        "--dir",
-        webhooks.to_str().expect("utf-8"),
-        "--config",
-        config.to_str().expect("utf-8"),
-    ];
-    let output = hookside(&args, &[]);
+    let output = check_with_config(&dir, &config);
     let out = text(&output);
     let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning:")).collect();
     assert_eq!(warnings.len(), 2, "{out}");
@@ -613,6 +610,7 @@ fn check_warns_of_caller_tokens_not_set_where_it_runs() {
     assert!(out.contains("w.toml:4:5: "), "{out}");
     assert!(out.contains("1 problems in 1 files (2 files"), "{out}");
     // `run` checks no caller: the unset token does not stop it either.
+    let webhooks = dir.path().join("webhooks.d");
     let run = [
         "run",
         "ok",
@@ -643,15 +641,7 @@ fn allowed_hosts_may_name_ip_addresses() {
             &format!("company = \"a\"\nurl = \"http://{host}:9/\"\n"),
         );
     }
-    let webhooks = dir.path().join("webhooks.d");
-    let args = [
-        "check",
-        "--dir",
-        webhooks.to_str().expect("utf-8"),
-        "--config",
-        config.to_str().expect("utf-8"),
-    ];
-    let output = hookside(&args, &[]);
+    let output = check_with_config(&dir, &config);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     let problems: Vec<&str> = out
