@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tower_service::Service as _;
 
 use super::http1::{Conn, Failure};
@@ -300,7 +300,7 @@ impl Pool {
             return Ok(Taken::Http1(Box::new(Conn::new(TokioIo::new(stream)))));
         }
         // Pings find a connection that died silently (it is then closed, and replaced).
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        let (sender, connection) = http2::Builder::new(BoxedExecutor)
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
@@ -370,6 +370,22 @@ fn unprocessed(err: &hyper::Error) -> Option<Unprocessed> {
 }
 
 /// Runs an HTTP/2 connection on a task of its own until it ends.
+/// Spawns hyper's HTTP/2 tasks (two per call: the request's body and the answer) boxed,
+/// so that the task holds a pointer and the future is copied once, not at every move
+/// through `tokio::spawn`.
+#[derive(Clone, Copy)]
+struct BoxedExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxedExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
+    }
+}
+
 fn spawn_connection<C>(connection: C)
 where
     C: Future<Output = hyper::Result<()>> + Send + 'static,
