@@ -41,6 +41,8 @@ pub enum ErrorKind {
     NotFound,
     /// The route exists with another method.
     MethodNotAllowed,
+    /// The request head is over the limits (64 KiB, 100 fields).
+    HeadTooLarge,
     /// A bug or a resource failure of ours.
     Internal,
 }
@@ -74,6 +76,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::HeadTooLarge => "head_too_large",
             ErrorKind::Internal => "internal",
         }
     }
@@ -94,6 +97,7 @@ impl ErrorKind {
             ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -132,7 +132,11 @@ pub async fn run(
 }
 
 /// Routes one request.
-pub async fn handle(state: &State, api: Api, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(
+    state: &Arc<State>,
+    api: Api,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let result = match api {
         Api::Bot => bot(state, request).await,
         Api::Admin => admin(state, request).await,
@@ -140,7 +144,10 @@ pub async fn handle(state: &State, api: Api, request: Request<Incoming>) -> Resp
     result.unwrap_or_else(|err| err.response())
 }
 
-async fn bot(state: &State, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn bot(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = request.uri().path().to_owned();
     let Some(rest) = path
         .strip_prefix("/v1/webhooks")
@@ -148,24 +155,97 @@ async fn bot(state: &State, request: Request<Incoming>) -> Result<Response<Full<
     else {
         return Err(not_found(&path));
     };
-    let segments: Vec<&str> = rest.split('/').skip(1).collect();
-    match (request.method().clone(), segments.as_slice()) {
-        (Method::GET, [] | [""]) => list(state, &request),
-        (Method::GET, [name]) => describe(state, &request, name),
-        (Method::POST, [name]) => invoke(state, request, name, None).await,
-        (Method::POST, [name, "test"]) => {
-            let dry_run = request.uri().query().is_some_and(|q| {
-                q.split('&')
-                    .any(|p| p == "dry_run=true" || p == "dry_run=1")
-            });
+    // Each segment percent-decoded (`cr%65ate` is `create`); an encoded `/` stays in its
+    // segment.
+    let decoded: Vec<std::borrow::Cow<'_, str>> = rest
+        .split('/')
+        .skip(1)
+        .map(|segment| percent_encoding::percent_decode_str(segment).decode_utf8_lossy())
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(AsRef::as_ref).collect();
+    let method = request.method().clone();
+    // HEAD is GET without the body (hyper leaves it out).
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    match segments.as_slice() {
+        [] | [""] if get => list(state, &request),
+        [name] if get => describe(state, &request, name),
+        [name] if post => invoke(state, request, name, None).await,
+        [name, "test"] if post => {
+            let dry_run = dry_run(request.uri().query()).map_err(|e| e.for_webhook(name))?;
             invoke(state, request, name, Some(dry_run)).await
         }
-        (_, [] | [""] | [_] | [_, "test"]) => Err(ApiError::new(
-            ErrorKind::MethodNotAllowed,
-            format!("{} is not allowed on {path}", request.method()),
-        )),
+        [] | [""] => Ok(not_allowed(&method, &path, None, "GET, HEAD")),
+        [name] => Ok(not_allowed(&method, &path, Some(name), "GET, HEAD, POST")),
+        [name, "test"] => Ok(not_allowed(&method, &path, Some(name), "POST")),
         _ => Err(not_found(&path)),
     }
+}
+
+/// Whether a Run Webhook call asks for a dry run (`?dry_run=true`). `true`, `1`, `yes`,
+/// `on` (any case) or the bare key mean a dry run; `false`, `0`, `no`, `off`, or no key, a
+/// call. Any other value or parameter is refused rather than read as "send", which would act
+/// on the company's data when a caller meant a dry run.
+fn dry_run(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut dry = false;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        if key != "dry_run" {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("Run Webhook takes one query parameter, dry_run, not {key:?}"),
+            ));
+        }
+        match value.to_ascii_lowercase().as_str() {
+            "" | "true" | "1" | "yes" | "on" => dry = true,
+            "false" | "0" | "no" | "off" => {}
+            _ => {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!("dry_run={value:?} is neither true nor false"),
+                ));
+            }
+        }
+    }
+    Ok(dry)
+}
+
+/// 405 for `method` on `path`, with the methods the route takes in `Allow`.
+fn not_allowed(
+    method: &Method,
+    path: &str,
+    webhook: Option<&str>,
+    allow: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut err = ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{method} is not allowed on {path}"),
+    );
+    if let Some(name) = webhook {
+        err = err.for_webhook(name);
+    }
+    let mut response = err.response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    response
+}
+
+/// `response` saying `connection: close` when `close`: a refusal before the request's body
+/// was read, whose end on the connection is then unknown (HTTP/1 only; hyper closes it).
+fn closing(mut response: Response<Full<Bytes>>, close: bool) -> Response<Full<Bytes>> {
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The loaded directory, or `not_ready` before the first load.
@@ -184,27 +264,44 @@ fn not_found(path: &str) -> ApiError {
 
 /// `POST /v1/webhooks/{name}` (and `/test` when `test` is `Some(dry_run)`).
 async fn invoke(
-    state: &State,
+    state: &Arc<State>,
     request: Request<Incoming>,
     name: &str,
     test: Option<bool>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let webhook = callable(state, name, caller_token(request.headers()))?;
+    let http1 = request.version() < http::Version::HTTP_2;
+    let unread = http1 && !request.body().is_end_stream();
+    let webhook = match callable(state, name, caller_token(request.headers())) {
+        Ok(webhook) => webhook,
+        Err(err) => return Ok(closing(err.response(), unread)),
+    };
     // A bot call builds only what the templates read; Run Webhook keeps it all.
     let whole = Selection::all();
     let selection = match test {
         None => &webhook.reads.conversation,
         Some(_) => &whole,
     };
-    let body = read_body(request, &state.settings)
-        .await
-        .map_err(|e| e.for_webhook(name))?;
+    let body = match read_body(request, &state.settings).await {
+        Ok(body) => body,
+        Err(err) => return Ok(closing(err.for_webhook(name).response(), http1)),
+    };
     let conversation = parse_conversation(&body, selection).map_err(|e| e.for_webhook(name))?;
     match test {
-        None => Ok(bytes_response(
-            StatusCode::OK,
-            call(state, &webhook, Data::Picked(selection, &conversation)).await?,
-        )),
+        None => {
+            // On its own task, the call runs to its end (counted and logged) even when the
+            // caller goes away meanwhile, as on the bot connection's own task: the upstream
+            // may have acted on it.
+            let state = Arc::clone(state);
+            let call = tokio::spawn(async move {
+                let data = Data::Picked(&webhook.reads.conversation, &conversation);
+                call(&state, &webhook, data).await
+            });
+            let answer = call.await.map_err(|err| {
+                ApiError::new(ErrorKind::Internal, format!("the call failed: {err}"))
+                    .for_webhook(name)
+            })??;
+            Ok(bytes_response(StatusCode::OK, answer))
+        }
         Some(dry_run) => {
             // Parsed under `Selection::all()` above, so all of it is there.
             let conversation = conversation.into_whole(selection).ok_or_else(|| {
@@ -522,7 +619,12 @@ async fn admin(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = request.uri().path();
-    match (request.method(), path) {
+    // HEAD is GET without the body (hyper leaves it out).
+    let method = match request.method() {
+        &Method::HEAD => &Method::GET,
+        method => method,
+    };
+    match (method, path) {
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/readyz") => {
             let ready = state.registry.snapshot().ready() && !state.draining.load(Ordering::SeqCst);
@@ -549,10 +651,10 @@ async fn admin(
             app::reload(state, "admin").await;
             Ok(json_response(StatusCode::OK, &config_report(state)))
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => Err(ApiError::new(
-            ErrorKind::MethodNotAllowed,
-            format!("{} is not allowed on {path}", request.method()),
-        )),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/-/config") => {
+            Ok(not_allowed(request.method(), path, None, "GET, HEAD"))
+        }
+        (_, "/-/reload") => Ok(not_allowed(request.method(), path, None, "POST")),
         _ => Err(not_found(path)),
     }
 }

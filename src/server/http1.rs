@@ -29,13 +29,15 @@ use tokio::time::Instant;
 
 use crate::app::State;
 use crate::deadline::Deadline;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::render::select::Data;
 
 /// The largest request head served here (hyper's limit for the rest is the same).
 const MAX_HEAD: usize = 64 * 1024;
-/// Header fields parsed here; a request with more goes to hyper (which takes 100).
+/// Header fields parsed here; a request with more goes to hyper.
 const MAX_FIELDS: usize = 32;
+/// Header fields hyper takes (its default); a request with more gets the JSON 431 here.
+const MAX_HYPER_FIELDS: usize = 100;
 /// What the read buffer starts with, and what it shrinks back to after a large body.
 const BUFFER: usize = 4 * 1024;
 
@@ -88,10 +90,16 @@ pub(super) async fn serve(
             match parse_head(&buffer) {
                 Parsed::Call(head) => break head,
                 Parsed::Partial if buffer.len() < MAX_HEAD => {}
-                Parsed::Partial | Parsed::Other => return handover(stream, buffer),
-                Parsed::Malformed(message) => {
+                Parsed::Other => return handover(stream, buffer),
+                parsed => {
+                    let err = match parsed {
+                        Parsed::Refused(err) => err,
+                        _ => ApiError::new(
+                            ErrorKind::HeadTooLarge,
+                            format!("the request head is over {} KiB", MAX_HEAD / 1024),
+                        ),
+                    };
                     // Where its body ends is unknown: answer, then close.
-                    let err = ApiError::new(crate::error::ErrorKind::BadRequest, message);
                     out.clear();
                     encode(&mut out, Err(err), true, Instant::now());
                     let _ = stream.write_all(&out).await;
@@ -122,7 +130,9 @@ pub(super) async fn serve(
             .and_then(|(start, end)| super::bearer(&buffer[start..end]));
         let webhook = super::callable(&state, text(&buffer, head.name), token);
         let limit = settings.max_request_body;
-        let whole = head.len as u64 + head.body;
+        // Saturating: a declared length near 2^64 is never all read, so the connection
+        // closes after the answer rather than serving the body as a request.
+        let whole = (head.len as u64).saturating_add(head.body);
         // Read the body unless the call is already refused; an unread body that has not
         // all arrived closes the connection after the answer.
         let outcome = match webhook {
@@ -207,8 +217,14 @@ enum Parsed {
     Partial,
     /// Something for hyper.
     Other,
-    /// An HTTP/1 head that no server may serve (hyper would answer an empty 400): why.
-    Malformed(String),
+    /// An HTTP/1 head that no server may serve, or one over hyper's limits (hyper would
+    /// answer an empty 400 or 431): the JSON answer.
+    Refused(ApiError),
+}
+
+/// 400 for a head whose end or body's end is unknown.
+fn malformed(message: impl Into<String>) -> Parsed {
+    Parsed::Refused(ApiError::new(ErrorKind::BadRequest, message))
 }
 
 fn parse_head(buffer: &[u8]) -> Parsed {
@@ -220,12 +236,11 @@ fn parse_head(buffer: &[u8]) -> Parsed {
     let len = match request.parse_with_uninit_headers(buffer, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        // More fields than parsed here, or HTTP/2's preface: hyper serves them.
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Other,
+        // More fields than parsed here: hyper serves them, within its limit.
+        Err(httparse::Error::TooManyHeaders) => return many_fields(buffer),
+        // HTTP/2's preface: hyper serves it.
         Err(_) if buffer.starts_with(b"PRI ") => return Parsed::Other,
-        Err(err) => {
-            return Parsed::Malformed(format!("the request is not valid HTTP/1.1: {err}"));
-        }
+        Err(err) => return malformed(format!("the request is not valid HTTP/1.1: {err}")),
     };
     let name = request
         .path
@@ -238,16 +253,7 @@ fn parse_head(buffer: &[u8]) -> Parsed {
         });
     let Some(name) = name.filter(|_| request.version == Some(1) && request.method == Some("POST"))
     else {
-        // Any route: the body's end must be known before anything is served.
-        let mut length = None;
-        for field in request.headers.iter() {
-            if field.name.eq_ignore_ascii_case("content-length")
-                && let Err(why) = content_length(field.value, &mut length)
-            {
-                return Parsed::Malformed(why);
-            }
-        }
-        return Parsed::Other;
+        return for_hyper(&request);
     };
     let offsets = |part: &[u8]| {
         let start = part.as_ptr() as usize - buffer.as_ptr() as usize;
@@ -265,7 +271,7 @@ fn parse_head(buffer: &[u8]) -> Parsed {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
             if let Err(why) = content_length(field.value, &mut length) {
-                return Parsed::Malformed(why);
+                return malformed(why);
             }
         } else if name.eq_ignore_ascii_case("authorization") {
             if head.authorization.is_none() {
@@ -283,11 +289,54 @@ fn parse_head(buffer: &[u8]) -> Parsed {
             || name.eq_ignore_ascii_case("expect")
             || name.eq_ignore_ascii_case("upgrade")
         {
-            return Parsed::Other;
+            return for_hyper(&request);
         }
     }
     head.body = length.unwrap_or(0);
     Parsed::Call(head)
+}
+
+/// A complete head with more fields than parsed here, parsed again up to hyper's limit.
+fn many_fields(buffer: &[u8]) -> Parsed {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HYPER_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(buffer, &mut fields) {
+        Ok(httparse::Status::Complete(_)) => for_hyper(&request),
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::Refused(ApiError::new(
+            ErrorKind::HeadTooLarge,
+            format!("the request has more than {MAX_HYPER_FIELDS} header fields"),
+        )),
+        Err(err) => malformed(format!("the request is not valid HTTP/1.1: {err}")),
+    }
+}
+
+/// A complete head that hyper is to serve, unless hyper could not (it would answer an
+/// empty 400): the body's end must be known (one `Content-Length` that is a number, a
+/// `Transfer-Encoding` ending in `chunked`), and the target must be a URI.
+fn for_hyper(request: &httparse::Request<'_, '_>) -> Parsed {
+    let mut length = None;
+    let mut coding: Option<&[u8]> = None;
+    for field in request.headers.iter() {
+        if field.name.eq_ignore_ascii_case("content-length") {
+            if let Err(why) = content_length(field.value, &mut length) {
+                return malformed(why);
+            }
+        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            coding = field.value.rsplit(|&b| b == b',').next();
+        }
+    }
+    if let Some(last) = coding
+        && !last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+    {
+        return malformed("Transfer-Encoding must end in chunked (RFC 9112, 6.3)");
+    }
+    if let Some(target) = request.path
+        && http::Uri::try_from(target).is_err()
+    {
+        return malformed(format!("the request target {target:?} is not a valid URI"));
+    }
+    Parsed::Other
 }
 
 /// Reads one `Content-Length` field into `length`; a second one, or one that is not a

@@ -291,3 +291,209 @@ async fn http2_with_prior_knowledge_is_served_too() {
     }
     assert_eq!(upstream.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn a_declared_length_near_two_to_the_64_closes_the_connection_and_its_body_never_runs() {
+    let (upstream, _dir, hookside) = start().await;
+    // The "body" is a call of its own; it must never be read as a request.
+    for target in ["nope", "w"] {
+        let mut client = Client::connect(hookside.bot).await;
+        client
+            .send(&format!(
+                "POST /v1/webhooks/{target} HTTP/1.1\r\nhost: x\r\ncontent-length: 18446744073709551615\r\n\r\n{}",
+                call("smuggled", "")
+            ))
+            .await;
+        let answer = client.answer().await.expect("answer");
+        let kind = if target == "w" {
+            "payload_too_large"
+        } else {
+            "unknown_webhook"
+        };
+        assert_eq!(answer.body["error"]["kind"], kind, "{answer:?}");
+        assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+        assert!(client.closed().await, "nothing more is answered");
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+}
+
+#[tokio::test]
+async fn heads_hyper_would_answer_empty_get_the_json_answer_and_the_connection_closes() {
+    let (upstream, _dir, hookside) = start().await;
+    let many = |count: usize, bad_after: Option<usize>| -> String {
+        (0..count)
+            .map(|i| {
+                if Some(i) == bad_after {
+                    "bad field\r\n".to_owned()
+                } else {
+                    format!("x-field-{i}: {i}\r\n")
+                }
+            })
+            .collect()
+    };
+    let cases = [
+        // Not a URI, although httparse reads it.
+        (
+            "POST /v1/webhooks/<x> HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}".to_owned(),
+            400,
+            "bad_request",
+        ),
+        // A transfer coding whose end hyper cannot find.
+        (
+            call("gzip", "transfer-encoding: gzip\r\n"),
+            400,
+            "bad_request",
+        ),
+        // A bad field after the fast path's 32.
+        (call("bad", &many(35, Some(33))), 400, "bad_request"),
+        // Over hyper's limits: 100 fields, 64 KiB.
+        (call("fields", &many(101, None)), 431, "head_too_large"),
+        (
+            call("long", &format!("x-long: {}\r\n", "a".repeat(70_000))),
+            431,
+            "head_too_large",
+        ),
+    ];
+    for (request, status, kind) in &cases {
+        let mut client = Client::connect(hookside.bot).await;
+        client.send(request).await;
+        let answer = client.answer().await.expect("answer");
+        let shown = &request[..60];
+        assert_eq!(answer.status, *status, "{shown:?}: {answer:?}");
+        assert_eq!(answer.body["error"]["kind"], *kind, "{shown:?}");
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert_eq!(answer.header("connection"), Some("close"), "{shown:?}");
+        assert!(client.closed().await, "{shown:?}");
+    }
+    // Just inside the limits, hyper serves them.
+    let mut client = Client::connect(hookside.bot).await;
+    client.send(&call("ninety", &many(90, None))).await;
+    assert_eq!(
+        client.answer().await.expect("answer").path(),
+        "/orders/ninety"
+    );
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_on_a_connection_hyper_serves_closes_it_when_the_body_was_not_read() {
+    let (upstream, _dir, hookside) = start().await;
+    let chunked = |name: &str| {
+        format!(
+            "POST /v1/webhooks/{name} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n"
+        )
+    };
+    // The body's last chunk is not sent: the refusal comes before it is read.
+    let mut client = Client::connect(hookside.bot).await;
+    client.send(&chunked("nope")).await;
+    let answer = client.answer().await.expect("answer");
+    assert_eq!(answer.body["error"]["kind"], "unknown_webhook");
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(client.closed().await);
+
+    // A refusal after the whole body was read keeps the connection.
+    let mut client = Client::connect(hookside.bot).await;
+    client
+        .send(&format!("{}0\r\n\r\n", chunked("w").replace("{}", "[]")))
+        .await;
+    let answer = client.answer().await.expect("answer");
+    assert_eq!(answer.body["error"]["kind"], "bad_request");
+    assert_eq!(answer.header("connection"), None);
+    client.send(&call("kept", "")).await;
+    assert_eq!(
+        client.answer().await.expect("answer").path(),
+        "/orders/kept"
+    );
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn names_may_be_percent_encoded() {
+    let (upstream, _dir, hookside) = start().await;
+    let mut client = Client::connect(hookside.bot).await;
+    client
+        .send(&call("encoded", "").replace("/v1/webhooks/w ", "/v1/webhooks/%77 "))
+        .await;
+    assert_eq!(
+        client.answer().await.expect("answer").path(),
+        "/orders/encoded"
+    );
+    let (status, body) = hookside.get("/v1/webhooks/%77").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["name"], "w");
+    // An encoded `/` stays in the name, which no webhook has.
+    let (status, body) = hookside.get("/v1/webhooks/w%2Ftest").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["webhook"], "w/test");
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn head_is_get_without_the_body_and_a_405_says_what_is_allowed() {
+    let (_upstream, _dir, hookside) = start().await;
+    for (address, path) in [
+        (hookside.bot, "/v1/webhooks"),
+        (hookside.bot, "/v1/webhooks/w"),
+        (hookside.admin, "/healthz"),
+        (hookside.admin, "/metrics"),
+    ] {
+        let mut client = Client::connect(address).await;
+        client
+            .send(&format!("HEAD {path} HTTP/1.1\r\nhost: x\r\n\r\n"))
+            .await;
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.ends_with(b"\r\n\r\n") {
+            let read = tokio::time::timeout(Duration::from_secs(5), client.stream.read(&mut chunk))
+                .await
+                .expect("an answer")
+                .expect("read");
+            assert!(read > 0, "closed");
+            head.extend_from_slice(&chunk[..read]);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200 ok\r\n"), "{path}: {text}");
+        assert!(!text.contains("content-length: 0\r\n"), "{path}: {text}");
+        // No body follows the head.
+        let more =
+            tokio::time::timeout(Duration::from_millis(200), client.stream.read(&mut chunk)).await;
+        assert!(more.is_err(), "{path}: nothing after the head");
+    }
+    for (address, method, path, allow, webhook) in [
+        (
+            hookside.bot,
+            "PUT",
+            "/v1/webhooks/w",
+            "GET, HEAD, POST",
+            json!("w"),
+        ),
+        (
+            hookside.bot,
+            "GET",
+            "/v1/webhooks/w/test",
+            "POST",
+            json!("w"),
+        ),
+        (
+            hookside.bot,
+            "DELETE",
+            "/v1/webhooks",
+            "GET, HEAD",
+            Value::Null,
+        ),
+        (hookside.admin, "POST", "/healthz", "GET, HEAD", Value::Null),
+        (hookside.admin, "GET", "/-/reload", "POST", Value::Null),
+    ] {
+        let mut client = Client::connect(address).await;
+        client
+            .send(&format!(
+                "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+            ))
+            .await;
+        let answer = client.answer().await.expect("answer");
+        assert_eq!(answer.status, 405, "{method} {path}");
+        assert_eq!(answer.header("allow"), Some(allow), "{method} {path}");
+        assert_eq!(answer.body["error"]["kind"], "method_not_allowed");
+        assert_eq!(answer.body["error"]["webhook"], webhook, "{method} {path}");
+    }
+}

@@ -677,3 +677,61 @@ async fn run_fails_when_a_bot_call_would_fail_on_a_body_that_is_not_json() {
     assert!(out.contains("upstream_invalid_response"), "{out}");
     assert_eq!(run.status.code(), Some(1), "{out}");
 }
+
+// Run Webhook's dry run: what a caller may write for "true" sends nothing, and a value or a
+// parameter it does not know is refused rather than read as "send".
+#[tokio::test]
+async fn a_dry_run_is_never_guessed_to_be_a_call() {
+    let upstream = Upstream::fixed(Reply::json(200, json!({"v": 1}))).await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"a\"\nmethod = \"POST\"\nurl = \"http://{}/x\"\n",
+            upstream.host()
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let test = |query: &str| {
+        let url = format!("http://{}/v1/webhooks/w/test{query}", hookside.bot);
+        async move {
+            let (status, _, body) = send(http::Method::POST, &url, &[], b"{}".to_vec()).await;
+            (
+                status.as_u16(),
+                serde_json::from_slice::<Value>(&body).expect("JSON"),
+            )
+        }
+    };
+    for query in [
+        "?dry_run=true",
+        "?dry_run=True",
+        "?dry_run=1",
+        "?dry_run=YES",
+        "?dry_run=on",
+        "?dry_run",
+        "?dry_run=false&dry_run=true",
+    ] {
+        let (status, body) = test(query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(body["dry_run"], true, "{query}: {body}");
+    }
+    assert!(upstream.seen().is_empty(), "no dry run sent anything");
+    for query in [
+        "?dry_run=maybe",
+        "?dry-run=true",
+        "?dryrun=1",
+        "?dry_run=true&x=1",
+    ] {
+        let (status, body) = test(query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["kind"], "bad_request", "{query}");
+        assert_eq!(body["error"]["webhook"], "w", "{query}");
+    }
+    assert!(upstream.seen().is_empty(), "no refused run sent anything");
+    for query in ["", "?dry_run=false", "?dry_run=0", "?dry_run=OFF"] {
+        let (status, body) = test(query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(body["dry_run"], false, "{query}: {body}");
+    }
+    assert_eq!(upstream.seen().len(), 4);
+}

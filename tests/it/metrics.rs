@@ -335,3 +335,42 @@ async fn process_cpu_seconds_are_counted_to_the_clock_tick() {
         "{before} <= {scraped} <= {after}"
     );
 }
+
+// A call hyper serves (a chunked body here) whose caller goes away before the answer still
+// runs to its end, and is counted and logged as on the bot connection's own task.
+#[tokio::test]
+async fn a_call_whose_caller_went_away_is_still_counted() {
+    let slow =
+        Upstream::fixed(Reply::json(200, json!({"a": 1})).delayed(Duration::from_millis(300)))
+            .await;
+    let dir = Dir::new();
+    dir.file(
+        "slow.toml",
+        &format!("company = \"acme\"\nurl = \"http://{}/\"\n", slow.host()),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    for path in ["/v1/webhooks/slow", "/v1/webhooks/slow"] {
+        let mut stream = tokio::net::TcpStream::connect(hookside.bot)
+            .await
+            .expect("connect");
+        tokio::io::AsyncWriteExt::write_all(
+            &mut stream,
+            format!("POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(stream);
+    }
+    let counted = crate::util::eventually(Duration::from_secs(5), || async {
+        let (_, samples) = scrape(&hookside).await;
+        value(
+            &samples,
+            "hookside_webhook_requests_total",
+            &[("webhook", "slow"), ("company", "acme"), ("outcome", "ok")],
+        ) == Some(2.0)
+    })
+    .await;
+    assert!(counted, "both calls counted as ok");
+    assert_eq!(slow.seen().len(), 2);
+}
