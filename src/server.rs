@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
@@ -15,7 +16,6 @@ use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -66,8 +66,7 @@ pub async fn run(
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(state.settings.max_connections));
-    let graceful = GracefulShutdown::new();
-    // Tells connections served by `http1` that shutdown began.
+    // Tells every connection that shutdown began.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -92,26 +91,38 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
         let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
         let stopped = stopped.clone();
         tokio::spawn(async move {
             // Bot calls are served by `http1` until something else comes; the rest, and
             // everything on the admin listener, by hyper.
             let io = match api {
-                Api::Bot => match http1::serve(stream, Arc::clone(&state), stopped).await {
+                Api::Bot => match http1::serve(stream, Arc::clone(&state), stopped.clone()).await {
                     http1::Ended::Closed => return drop(slot),
                     http1::Ended::Handover(replay) => replay,
                 },
                 Api::Admin => http1::Replay::none(stream),
             };
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(&state, api, request).await) }
-            });
+            let idle_timeout = state.settings.header_read_timeout;
+            let activity = Arc::new(Activity::default());
+            let service = {
+                let activity = Arc::clone(&activity);
+                service_fn(move |request| {
+                    let state = Arc::clone(&state);
+                    let open = activity.open();
+                    async move {
+                        let response = handle(&state, api, request).await;
+                        drop(open);
+                        Ok::<_, Infallible>(response)
+                    }
+                })
+            };
             let connection = builder
                 .serve_connection(TokioIo::new(io), service)
                 .into_owned();
-            if let Err(err) = watcher.watch(connection).await {
+            let shut_down =
+                |connection: Pin<&mut _>| auto::Connection::graceful_shutdown(connection);
+            let ended = serve_until_idle(connection, shut_down, &activity, idle_timeout, stopped);
+            if let Err(err) = ended.await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
             drop(slot);
@@ -119,15 +130,94 @@ pub async fn run(
     }
     drop(listener);
     let _ = stop.send(true);
-    let drained = async {
-        graceful.shutdown().await;
-        // Every connection holds a slot until it ends.
-        let _ = slots
-            .acquire_many(state.settings.max_connections as u32)
-            .await;
-    };
+    // Every connection holds a slot until it ends.
+    let drained = slots.acquire_many(state.settings.max_connections as u32);
     if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
+    }
+}
+
+/// Requests open on a connection hyper serves, and when the last one ended.
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    /// Counts a request open until the guard drops (answered, or cancelled).
+    fn open(self: &Arc<Self>) -> impl Drop + Send + use<> {
+        struct Open(Arc<Activity>);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                *crate::lock(&self.0.since) = tokio::time::Instant::now();
+                self.0.open.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Open(Arc::clone(self))
+    }
+
+    /// When the connection will have been idle for `timeout`, if no request is open.
+    fn idle_at(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        (self.open.load(Ordering::SeqCst) == 0).then(|| *crate::lock(&self.since) + timeout)
+    }
+}
+
+/// Serves `connection` to its end. It is shut down gracefully (open requests finish, an
+/// HTTP/2 client gets `GOAWAY`) when `stop` turns true, or after `timeout` without an open
+/// request: an idle HTTP/2 connection would otherwise hold its slot for ever (hyper bounds
+/// only HTTP/1's wait for a head, with `header_read_timeout`). An idle connection still
+/// open `timeout` after that (a client that does not answer the `GOAWAY`'s ping) is dropped
+/// once no request is open on it.
+async fn serve_until_idle<C, E>(
+    connection: C,
+    shut_down: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    use tokio::time::{Instant, sleep_until};
+    tokio::pin!(connection);
+    let mut stopping = false;
+    let mut dropped_at: Option<Instant> = None;
+    loop {
+        let open = !stopping && dropped_at.is_none();
+        let idle_at = activity
+            .idle_at(timeout)
+            .unwrap_or_else(|| Instant::now() + timeout);
+        tokio::select! {
+            ended = connection.as_mut() => return ended,
+            _ = stop.wait_for(|stop| *stop), if open => {
+                shut_down(connection.as_mut());
+                stopping = true;
+            }
+            () = sleep_until(idle_at), if open => {
+                // Whether it is still idle: a request may have come and gone meanwhile.
+                if activity.idle_at(timeout).is_some_and(|at| at <= Instant::now()) {
+                    shut_down(connection.as_mut());
+                    dropped_at = Some(Instant::now() + timeout);
+                }
+            }
+            () = sleep_until(dropped_at.unwrap_or_else(Instant::now)), if dropped_at.is_some() => {
+                if activity.idle_at(timeout).is_some() {
+                    return Ok(());
+                }
+                // A request came before the GOAWAY took effect: it finishes first.
+                dropped_at = Some(Instant::now() + timeout);
+            }
+        }
     }
 }
 

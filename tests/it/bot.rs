@@ -497,3 +497,80 @@ async fn head_is_get_without_the_body_and_a_405_says_what_is_allowed() {
         assert_eq!(answer.body["error"]["webhook"], webhook, "{method} {path}");
     }
 }
+
+/// A call over HTTP/2 with prior knowledge on a new connection: the answer's `path`.
+async fn call_over_http2(hookside: &Hookside, id: &str) -> String {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let body = json!({ "extractedData": { "id": id } }).to_string();
+    let request = http::Request::post(format!("http://{}/v1/webhooks/w", hookside.bot))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let response = client.request(request).await.expect("answered");
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&body).expect("JSON");
+    answer["variables"]["path"]
+        .as_str()
+        .expect("path")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
+    // Each call takes longer than the timeout: an open request keeps its connection.
+    let upstream = Upstream::start(|seen| {
+        Reply::json(200, json!({ "path": seen.target })).delayed(Duration::from_millis(700))
+    })
+    .await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{}/orders/{{{{ extractedData.id }}}}\"\n[variables]\npath = \"response.path\"\n",
+            upstream.host()
+        ),
+    );
+    let settings = hookside::config::Settings {
+        header_read_timeout: Duration::from_millis(300),
+        max_connections: 1,
+        ..Default::default()
+    };
+    let hookside = Hookside::with_settings(dir.path(), settings).await;
+
+    // The preface and SETTINGS, then nothing: the one connection slot is taken.
+    let mut idle = tokio::net::TcpStream::connect(hookside.bot)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut idle,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    )
+    .await
+    .expect("write");
+    let mut frames = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut frames))
+        .await
+        .expect("closed within 10 s")
+        .expect("read");
+    let mut types = Vec::new();
+    let mut rest = &frames[..];
+    while rest.len() >= 9 {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        types.push(rest[3]);
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    assert!(
+        types.contains(&0x7),
+        "a GOAWAY before the close: frame types {types:?}"
+    );
+
+    // The slot is free again, and a call longer than the timeout is answered.
+    assert_eq!(call_over_http2(&hookside, "after").await, "/orders/after");
+    assert_eq!(upstream.seen().len(), 1);
+}
