@@ -112,9 +112,11 @@ fn format_value(
     if value.is_undefined() || value.is_none() {
         return Ok(());
     }
-    let mode = match state.auto_escape() {
-        AutoEscape::Custom(mode) if mode == PATH => Mode::Path,
-        AutoEscape::Custom(mode) if mode == QUERY => Mode::Query,
+    // By the template's name, not its auto-escape state, which `{% autoescape false %}`
+    // would turn off: in a URL every value is encoded.
+    let mode = match state.name() {
+        PATH => Mode::Path,
+        QUERY => Mode::Query,
         _ => Mode::Text,
     };
     let text;

@@ -920,6 +920,26 @@ l = "plain"
     }
 
     #[test]
+    fn autoescape_false_does_not_turn_off_encoding_in_urls() {
+        let fixed = fixed();
+        let url = UrlTemplate::compile(
+            "https://api.example/au/{% autoescape false %}{{ a }}{% endautoescape %}?q={% autoescape false %}{{ b }}{% endautoescape %}",
+            &fixed,
+        )
+        .expect("compiles");
+        let conversation = json!({"a": "x/a?b#c", "b": "1&role=admin#f"});
+        let rendered = url
+            .render(&Scope::new(&fixed, &conversation), "")
+            .expect("renders");
+        assert_eq!(
+            rendered,
+            "https://api.example/au/x%2Fa%3Fb%23c?q=1%26role%3Dadmin%23f"
+        );
+        let hostile = json!({"a": "../../admin", "b": "1"});
+        assert!(url.render(&Scope::new(&fixed, &hostile), "").is_err());
+    }
+
+    #[test]
     fn origin_may_use_only_context() {
         let err = UrlTemplate::compile("https://{{ host }}/x", &fixed()).unwrap_err();
         assert!(err.contains("only context"), "{err}");
