@@ -14,7 +14,7 @@ pub use pool::{Connector, IDLE_TIMEOUT, Pool};
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -153,8 +153,18 @@ pub fn denied(deny: &[IpNet], address: IpAddr) -> bool {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
         IpAddr::V4(_) => None,
     };
-    deny.iter()
-        .any(|net| net.contains(&address) || mapped.is_some_and(|m| net.contains(&m)))
+    // A connection to the unspecified address (`0.0.0.0`, `::`) reaches this host: it is
+    // checked as the loopback address it reaches, too.
+    let reached = match mapped.unwrap_or(address) {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        _ => None,
+    };
+    deny.iter().any(|net| {
+        net.contains(&address)
+            || mapped.is_some_and(|m| net.contains(&m))
+            || reached.is_some_and(|r| net.contains(&r))
+    })
 }
 
 impl Upstream {

@@ -209,6 +209,17 @@ async fn a_destination_in_a_denied_network_is_refused_after_resolving() {
         "http://169.254.169.254/latest/meta-data",
         "",
     );
+    // The unspecified addresses reach this host's loopback: literal, mapped, and by name
+    // (`0` resolves to 0.0.0.0).
+    let port = upstream.addr.port();
+    for (name, host) in [
+        ("zero", "0.0.0.0".to_owned()),
+        ("zero-name", "0".to_owned()),
+        ("zero-mapped", "[::ffff:0.0.0.0]".to_owned()),
+        ("zero-v6", "[::]".to_owned()),
+    ] {
+        simple(&dir, name, &format!("http://{host}:{port}/"), "");
+    }
     let settings = Settings {
         deny_networks: vec![
             "127.0.0.0/8".parse().expect("net"),
@@ -227,6 +238,10 @@ async fn a_destination_in_a_denied_network_is_refused_after_resolving() {
         502,
         "destination_denied",
     );
+    for name in ["zero", "zero-name", "zero-mapped", "zero-v6"] {
+        let answer = hookside.invoke(name, json!({})).await;
+        assert_error(&answer, 502, "destination_denied");
+    }
     assert!(upstream.seen().is_empty());
     // The default policy (link-local, metadata) applies without a config file.
     let defaults = Hookside::start(dir.path()).await;
