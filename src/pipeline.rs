@@ -347,7 +347,7 @@ pub async fn call_and_map(
     let status = answer.status.as_u16();
     let mut warnings = Vec::new();
     let mut not_json = false;
-    let secret = may_hold_secret(&answer.body, &answer.headers, &webhook.secret_finders);
+    let secret = may_hold_secret(&answer.body, &answer.headers, webhook);
     // The bot's answer embeds the body as it came, so only what the variables read is
     // built; Run Webhook shows the whole body, and scrubbing needs all of it.
     let whole = Selection::all();
@@ -425,18 +425,16 @@ pub async fn call_and_map(
     Ok(invocation)
 }
 
-/// Whether the answer could hold a secret: one of them appears in the body or a header, or
-/// the body has escapes (which could spell one). When not, scrubbing is skipped.
-fn may_hold_secret(
-    body: &[u8],
-    headers: &HeaderMap,
-    secrets: &[memchr::memmem::Finder<'static>],
-) -> bool {
+/// Whether the answer could hold a secret: one of them appears in the body or a header, the
+/// body has escapes (which could spell one), or a secret has digits a number could spell
+/// another way. When not, scrubbing is skipped.
+fn may_hold_secret(body: &[u8], headers: &HeaderMap, webhook: &Webhook) -> bool {
+    let secrets = &webhook.secret_finders;
     if secrets.is_empty() {
         return false;
     }
     // Any escape (`\u0061`, `\/`, `\"`) could spell a secret the plain search misses.
-    if memchr::memchr(b'\\', body).is_some() {
+    if webhook.digit_secret || memchr::memchr(b'\\', body).is_some() {
         return true;
     }
     secrets.iter().any(|finder| {

@@ -69,6 +69,10 @@ pub struct Webhook {
     pub secrets: Vec<String>,
     /// The same, as prebuilt substring searchers (a request only searches).
     pub secret_finders: Vec<memchr::memmem::Finder<'static>>,
+    /// Whether a secret is a number of six digits or more (a PIN, an account number), which
+    /// an upstream may echo as a number spelled another way (`4.455667788e9`): its answers
+    /// are always scrubbed.
+    pub digit_secret: bool,
     /// Context Values no template reads.
     pub unused_context: Vec<String>,
     /// What `hookside check` warns about: unused Context Values, secrets not set here.
@@ -160,6 +164,24 @@ pub struct ExpectedRequest {
     pub headers: BTreeMap<String, String>,
     /// The body as shown: JSON, or a string for a text body.
     pub body: Option<serde_json::Value>,
+}
+
+/// `encoded` with the hex digits of its `%XX` escapes in lower case.
+fn lower_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut escape = 0;
+    for c in encoded.chars() {
+        if c == '%' {
+            escape = 2;
+            out.push(c);
+        } else if escape > 0 {
+            escape -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Secrets shorter than this are not scrubbed from answers (documented in SECURITY.md).
@@ -459,17 +481,16 @@ pub fn compile(
     }
     let pool = upstream.pool(&roots, &url.scheme, &url.authority);
     let mut secrets = sink.secrets;
-    // Query secrets travel percent-encoded: an upstream quoting its request URL echoes that.
-    let encoded: Vec<String> = query
-        .iter()
-        .flat_map(|(_, template)| template.secrets())
-        .map(|secret| {
-            let mut out = String::new();
-            crate::render::encode_component(&mut out, &secret.value);
-            out
-        })
-        .collect();
-    secrets.extend(encoded);
+    // Query secrets travel percent-encoded: an upstream quoting its request URL echoes that,
+    // or the form it decoded written again (spaces as `+`, hex in lower case).
+    for secret in query.iter().flat_map(|(_, template)| template.secrets()) {
+        let mut encoded = String::new();
+        crate::render::encode_component(&mut encoded, &secret.value);
+        secrets.push(encoded.replace("%20", "+"));
+        secrets.push(lower_hex(&encoded));
+        secrets.push(lower_hex(&encoded).replace("%20", "+"));
+        secrets.push(encoded);
+    }
     // Too short to scrub without mangling every answer (an empty basic-auth password).
     secrets.retain(|secret| secret.len() >= MIN_SCRUBBED_SECRET);
     secrets.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));
@@ -503,6 +524,10 @@ pub fn compile(
             .iter()
             .map(|secret| memchr::memmem::Finder::new(secret.as_bytes()).into_owned())
             .collect(),
+        digit_secret: secrets.iter().any(|secret| {
+            let digits = secret.bytes().filter(u8::is_ascii_digit).count();
+            digits >= 6 && secret.parse::<f64>().is_ok_and(f64::is_finite)
+        }),
         secrets,
         unused_context,
         warnings: sink.warnings,
@@ -595,8 +620,12 @@ fn compile_auth(
             let password = value_of(sink, &auth.password, "password");
             let (username, password) = (username?, password?);
             let credentials = format!("{username}:{password}");
-            let encoded = base64::engine::general_purpose::STANDARD.encode(&credentials);
-            // The password and the encoded pair are secrets; so is the pair in clear.
+            use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+            let encoded = STANDARD.encode(&credentials);
+            // The password and the encoded pair are secrets (also unpadded, or in the URL's
+            // alphabet, as an upstream may echo it); so is the pair in clear.
+            sink.secrets.push(STANDARD_NO_PAD.encode(&credentials));
+            sink.secrets.push(URL_SAFE_NO_PAD.encode(&credentials));
             sink.secrets.push(password);
             sink.secrets.push(credentials);
             sink.secrets.push(encoded.clone());

@@ -483,6 +483,47 @@ async fn escaped_echoes_and_encoded_query_secrets_are_scrubbed_and_empty_passwor
 }
 
 #[tokio::test]
+async fn secrets_echoed_in_other_spellings_are_scrubbed_too() {
+    // No backslash anywhere in the body: the numbers spelled another way, the query secret
+    // as a form encodes it (or with lower-case hex), the basic pair's base64 unpadded.
+    use base64::Engine as _;
+    let pair = base64::engine::general_purpose::STANDARD_NO_PAD.encode("svc-user:pw-55443322");
+    let body = format!(
+        r#"{{"pin": 4.455667788e9, "long": 9.876543210987654e19, "form": "key+with%2Fspace%26more", "lower": "key%20with%2fspace%26more", "pair": "{pair}", "near": 4.455667789e9}}"#
+    );
+    let upstream = Upstream::fixed(Reply::raw(200, body)).await;
+    let dir = Dir::new();
+    dir.file("pin", "4455667788");
+    dir.file("long", "98765432109876543210");
+    dir.file("key", "key with/space&more");
+    dir.file("password", "pw-55443322");
+    dir.file(
+        "w.toml",
+        &webhook(
+            &upstream,
+            "[auth]\ntype = \"basic\"\nusername = \"svc-user\"\npassword = \"${file:password}\"\n[headers]\nX-Pin = \"${file:pin}\"\nX-Long = \"${file:long}\"\n[query]\nk = \"${file:key}\"\n[variables]\nall = \"response\"\n",
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("w", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let text = answer.to_string();
+    for leak in [
+        "4455667788",
+        "9876543210987654",
+        "key+with",
+        "key%20with",
+        pair.as_str(),
+    ] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+    assert_eq!(answer["response"]["form"], "***");
+    assert_eq!(answer["response"]["lower"], "***");
+    assert_eq!(answer["response"]["pair"], "***");
+    assert_eq!(answer["response"]["near"], 4455667789.0, "{answer}");
+}
+
+#[tokio::test]
 async fn plain_lookups_parse_only_what_they_read_yet_validate_everything() {
     let mut body =
         br#"{"order": {"status": "shipped", "lines": [{"sku": "A"}]}, "note": "caf"#.to_vec();
