@@ -308,6 +308,21 @@ impl Settings {
                     secret::resolve(token.get_ref(), base).map(|pieces| secret::reveal(&pieces))
                 };
                 match resolved {
+                    // `Authorization: Bearer TOKEN` carries visible ASCII, trimmed: no caller
+                    // could present another token, and the company would be shut.
+                    Ok(value)
+                        if value.is_empty()
+                            || value.trim() != value
+                            || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+                    {
+                        problems.push(at(
+                            &token,
+                            format!(
+                                "companies.{name}.caller_tokens: a token must be visible ASCII, \
+                                 not empty and without spaces at its ends (no caller could present it)"
+                            ),
+                        ));
+                    }
                     Ok(value) => tokens.push(Secret {
                         value,
                         reference: format!("companies.{name}.caller_tokens"),
@@ -490,5 +505,19 @@ mod tests {
         );
         let problems = Settings::parse(&source).unwrap_err();
         assert_eq!(problems[0].line, Some(2));
+    }
+
+    #[test]
+    fn a_caller_token_no_caller_could_present_is_an_error() {
+        for token in ["", " padded ", "caf\u{e9}"] {
+            let source = SourceFile::new(
+                Path::new("hookside.toml").into(),
+                format!("[companies.acme]\ncaller_tokens = [\"good-token\", {token:?}]\n"),
+            );
+            let problems = Settings::parse(&source).expect_err(token);
+            assert_eq!(problems.len(), 1, "{token:?}");
+            assert_eq!(problems[0].line, Some(2), "{token:?}");
+            assert!(problems[0].message.contains("no caller could present it"));
+        }
     }
 }
