@@ -288,7 +288,8 @@ pub fn load(
     }
 
     // Last good versions of failing files keep serving, unless their name is taken.
-    let mut stale_paths = HashSet::new();
+    // The name each stale file's last good version serves under.
+    let mut stale_paths = HashMap::new();
     if let Some(previous) = previous {
         let by_path: HashMap<&Path, &FileReport> =
             files.iter().map(|f| (f.path.as_path(), f)).collect();
@@ -299,7 +300,7 @@ pub fn load(
             if report.errors.is_empty() || loaded.webhooks.contains_key(name) {
                 continue;
             }
-            stale_paths.insert(report.path.clone());
+            stale_paths.insert(report.path.clone(), name.clone());
             loaded.webhooks.insert(
                 name.clone(),
                 Served {
@@ -311,10 +312,14 @@ pub fn load(
     }
     for report in &mut files {
         if !report.errors.is_empty() {
-            report.state = if stale_paths.contains(&report.path) {
-                FileState::Stale
-            } else {
-                FileState::Error
+            report.state = match stale_paths.get(&report.path) {
+                Some(name) => {
+                    // What serves, when the file no longer parses far enough to say.
+                    report.name.get_or_insert_with(|| name.clone());
+                    report.kind.get_or_insert("webhook");
+                    FileState::Stale
+                }
+                None => FileState::Error,
             };
         }
     }

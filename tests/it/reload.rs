@@ -226,6 +226,10 @@ async fn a_half_written_or_invalid_file_keeps_the_last_good_version() {
         config["files"][0]["errors"][0]["line"].is_number(),
         "{config}"
     );
+    // It names what still serves, although the file no longer says.
+    assert_eq!(config["files"][0]["state"], "stale", "{config}");
+    assert_eq!(config["files"][0]["name"], "w", "{config}");
+    assert_eq!(config["files"][0]["kind"], "webhook", "{config}");
     dir.file("w.toml", &full);
     assert!(
         serves(&hookside, "w", "/v2").await,
