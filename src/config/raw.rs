@@ -192,7 +192,9 @@ struct NameSchema(#[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}
 #[schemars(transparent)]
 #[expect(dead_code, reason = "describes the schema only")]
 struct MethodSchema(
-    #[schemars(regex(pattern = r"^(?i:get|post|put|patch|delete|head|options)$"))] String,
+    #[schemars(regex(
+        pattern = r"^([Gg][Ee][Tt]|[Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|[Pp][Aa][Tt][Cc][Hh]|[Dd][Ee][Ll][Ee][Tt][Ee]|[Hh][Ee][Aa][Dd]|[Oo][Pp][Tt][Ii][Oo][Nn][Ss])$"
+    ))] String,
 );
 
 /// Schema-only: `response_type`.

@@ -484,6 +484,28 @@ fn the_schema_validates_every_sample_and_fixture_and_rejects_unknown_keys() {
     );
     let bad_method = json!({"company": "a", "url": "http://x/", "method": "FETCH"});
     assert!(!validator.is_valid(&bad_method));
+    let any_case = json!({"company": "a", "url": "http://x/", "method": "Patch"});
+    assert!(validator.is_valid(&any_case));
+    // Patterns are ECMA-262 as JSON Schema means them: no inline flags like `(?i:`,
+    // which JavaScript validators (ajv on Node 20) refuse.
+    let mut patterns = Vec::new();
+    let mut stack = vec![&schema];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(pattern)) = map.get("pattern") {
+                    patterns.push(pattern.clone());
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    assert!(!patterns.is_empty());
+    for pattern in &patterns {
+        assert!(!pattern.contains("(?"), "{pattern}");
+    }
 }
 
 #[test]
