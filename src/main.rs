@@ -261,7 +261,11 @@ fn run(
         let own: Vec<String> = loaded
             .files
             .iter()
-            .filter(|f| f.name.as_deref() == Some(name))
+            // A file that did not parse far enough to name itself is the webhook of its stem.
+            .filter(|f| match &f.name {
+                Some(own) => own == name,
+                None => f.path.file_stem().is_some_and(|stem| stem == name),
+            })
             .flat_map(|f| f.errors.iter().map(ToString::to_string))
             .collect();
         if own.is_empty() {

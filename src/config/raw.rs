@@ -337,7 +337,7 @@ pub fn parse(source: &SourceFile) -> Result<Def, Vec<Problem>> {
         let at = err
             .span()
             .map_or_else(|| source.whole(), |span| source.locate(span.start));
-        vec![at.problem(super::source::toml_message(&err))]
+        vec![at.problem(super::source::toml_message(&err, source.text()))]
     })?;
     let mut problems = Vec::new();
     let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k)) {

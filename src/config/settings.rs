@@ -187,7 +187,7 @@ impl Settings {
             let at = err
                 .span()
                 .map_or_else(|| source.whole(), |span| source.locate(span.start));
-            vec![at.problem(super::source::toml_message(&err))]
+            vec![at.problem(super::source::toml_message(&err, source.text()))]
         })?;
         let mut settings = Settings::default();
         let mut problems = Vec::new();

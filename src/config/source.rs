@@ -154,8 +154,17 @@ impl std::error::Error for Problem {}
 /// A TOML or type error's message without the value it quotes: `invalid type: integer
 /// \`123456789\`, expected a string` could be a token written in the file, and problems are
 /// printed and logged. The location already points at the value.
-pub fn toml_message(err: &toml::de::Error) -> String {
+pub fn toml_message(err: &toml::de::Error, text: &str) -> String {
     let message = err.message().trim();
+    // A key is no secret: name the one written twice.
+    if message == "duplicate key"
+        && let Some(key) = err.span().and_then(|span| text.get(span))
+        && !key.is_empty()
+        && key.len() <= 200
+        && !key.contains(['\n', '='])
+    {
+        return format!("duplicate key {}", key.trim());
+    }
     for prefix in ["invalid type: ", "invalid value: "] {
         let Some(rest) = message.strip_prefix(prefix) else {
             continue;

@@ -757,3 +757,22 @@ async fn a_dry_run_is_never_guessed_to_be_a_call() {
     }
     assert_eq!(upstream.seen().len(), 4);
 }
+
+#[test]
+fn run_shows_why_a_file_that_does_not_parse_does_not_load() {
+    let dir = Dir::new();
+    dir.file(
+        "hdup.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/echo\"\n[headers]\nX-A = \"1\"\nX-A = \"2\"\n",
+    );
+    let dir_arg = dir.path().to_str().expect("utf-8");
+    let output = hookside(&["run", "hdup", "--dir", dir_arg, "--dry-run"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"hdup\" does not load"), "{stderr}");
+    assert!(stderr.contains("hdup.toml:5:1: duplicate key X-A"), "{stderr}");
+    // A name no file has is still unknown.
+    let output = hookside(&["run", "other", "--dir", dir_arg, "--dry-run"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no webhook named \"other\""));
+}
