@@ -208,6 +208,17 @@ pub fn load(
     for (index, problem) in rejections {
         files[index].errors.push(problem);
     }
+    // The files that do not parse now, by the name they held or, failing that, their stem:
+    // what a webhook extending one of them is told.
+    let unparsed: HashMap<String, PathBuf> = files
+        .iter()
+        .filter(|f| f.name.is_none())
+        .filter_map(|f| Some((f.path.file_stem()?.to_str()?.to_owned(), f.path.clone())))
+        .chain(
+            held.iter()
+                .map(|(name, path)| ((*name).to_owned(), path.to_path_buf())),
+        )
+        .collect();
     let mut loaded = Loaded {
         owners: held
             .iter()
@@ -228,12 +239,12 @@ pub fn load(
         let path = &files[*index].path;
         if parsed.kind == Kind::Template {
             // A template's own `extends` problems are its file's, used or not.
-            if let Err(problems) = chain(i, &entries, &by_name) {
+            if let Err(problems) = chain(i, &entries, &by_name, &unparsed) {
                 files[*index].errors.extend(problems);
             }
             continue;
         }
-        let outcome = chain(i, &entries, &by_name)
+        let outcome = chain(i, &entries, &by_name, &unparsed)
             .map_err(|problems| {
                 // A problem deeper in the chain is the template's; this file only learns
                 // that what it extends does not load.
@@ -399,11 +410,12 @@ impl Loaded {
 }
 
 /// The templates `entries[start]` extends, nearest first, and a revision hashing the
-/// contents of the whole chain.
+/// contents of the whole chain. `unparsed`: the files that do not parse, by name.
 fn chain(
     start: usize,
     entries: &[(usize, Parsed)],
     by_name: &HashMap<String, usize>,
+    unparsed: &HashMap<String, PathBuf>,
 ) -> Result<(Vec<usize>, u64), Vec<Problem>> {
     let first = &entries[start].1;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -413,10 +425,15 @@ fn chain(
     let mut next = first.extends.as_ref();
     while let Some(extends) = next {
         let Some(&parent) = by_name.get(&extends.value) else {
-            return Err(vec![extends.problem(format!(
-                "extends: no template named {:?}",
-                extends.value
-            ))]);
+            let message = match unparsed.get(&extends.value) {
+                Some(path) => format!(
+                    "extends: template {:?} does not load; see {}",
+                    extends.value,
+                    path.display()
+                ),
+                None => format!("extends: no template named {:?}", extends.value),
+            };
+            return Err(vec![extends.problem(message)]);
         };
         let parsed = &entries[parent].1;
         if parsed.kind != Kind::Template {

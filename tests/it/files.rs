@@ -164,6 +164,12 @@ async fn extends_cycles_and_unknown_templates_are_errors_of_the_extending_file()
         "u.toml",
         "company = \"x\"\nurl = \"http://127.0.0.1:9/\"\n\nextends = \"nowhere\"\n",
     );
+    // A template that does not parse is not "no template".
+    dir.file("broken.toml", "kind = \"template\"\ncompany = \"x\n");
+    dir.file(
+        "v.toml",
+        "extends = \"broken\"\nurl = \"http://127.0.0.1:9/\"\n",
+    );
     let hookside = Hookside::start(dir.path()).await;
     let (_, config) = hookside.admin_get("/-/config").await;
     let message = |name: &str| -> String {
@@ -188,6 +194,11 @@ async fn extends_cycles_and_unknown_templates_are_errors_of_the_extending_file()
     );
     assert!(
         message("u").contains("no template named \"nowhere\""),
+        "{config}"
+    );
+    assert!(
+        message("v").contains("template \"broken\" does not load; see ")
+            && message("v").ends_with("broken.toml"),
         "{config}"
     );
     let unknown_line = config["files"]
