@@ -14,7 +14,7 @@ use serde_json::json;
 use super::raw::{Def, Fields, RawExample};
 use super::secret::{self, Piece};
 use super::settings::{self, Settings, parse_timeout};
-use super::source::{Located, Problem};
+use super::source::{Located, Location, Problem};
 use crate::mapping::Variable;
 use crate::render::select::Reads;
 use crate::render::{Fixed, JsonTemplate, Mode, TextTemplate, UrlTemplate};
@@ -187,6 +187,20 @@ fn lower_hex(encoded: &str) -> String {
 /// Secrets shorter than this are not scrubbed from answers (documented in SECURITY.md).
 const MIN_SCRUBBED_SECRET: usize = 3;
 
+/// Whether a string of `value`, at any depth, mentions a secret reference.
+fn mentions_secret(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::String(text) => secret::has_reference(text),
+        toml::Value::Array(items) => items.iter().any(mentions_secret),
+        toml::Value::Table(table) => table.values().any(mentions_secret),
+        _ => false,
+    }
+}
+
+/// Where `${env:...}` and `${file:...}` are not resolved.
+const NOT_RESOLVED: &str = "secrets (${env:...}, ${file:...}) are resolved only in [auth], \
+                            [headers] and [query] values; move it to one of those";
+
 /// Headers a file may not set: hyper and hookside own them.
 const RESERVED_HEADERS: [&str; 5] = [
     "host",
@@ -288,6 +302,12 @@ pub fn compile(
     let mut context_map = BTreeMap::new();
     for (key, value) in &fields.context {
         let text = match &value.value {
+            toml::Value::String(s) if super::secret::has_reference(s) => {
+                sink.problems.push(value.problem(format!(
+                    "context.{key}: {NOT_RESOLVED}"
+                )));
+                continue;
+            }
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
                 value.value.to_string()
@@ -303,10 +323,24 @@ pub fn compile(
     }
     let fixed = Fixed::new(&context_map, &name, &company);
 
+    // Every name the templates read, and where each was first read (for a `context` value
+    // that is not defined).
     let mut names = BTreeSet::new();
+    let mut first_use: BTreeMap<String, Location> = BTreeMap::new();
+    let mut note = |read: BTreeSet<String>, at: &Location| {
+        for name in read {
+            first_use.entry(name.clone()).or_insert_with(|| at.clone());
+            names.insert(name);
+        }
+    };
     let url = match &fields.url {
         None => {
             sink.problems.push(file.problem("url: missing"));
+            None
+        }
+        Some(url) if super::secret::has_reference(&url.value) => {
+            sink.problems
+                .push(url.problem(format!("url: {NOT_RESOLVED}")));
             None
         }
         Some(url) => match UrlTemplate::compile(&url.value, &fixed) {
@@ -317,11 +351,33 @@ pub fn compile(
                         compiled.host
                     )));
                 }
-                names.extend(compiled.names());
+                note(compiled.names(), &url.at);
                 Some(compiled)
             }
             Err(message) => {
-                sink.problems.push(url.problem(message));
+                // An undefined `context` value renders empty, which may break the origin
+                // ("http://" is not a valid origin): the cause is the missing value.
+                let undefined: Vec<String> = TextTemplate::from_str(&url.value, Mode::Text)
+                    .map(|template| template.names())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|name| name.strip_prefix("context."))
+                    .map(|rest| rest.split('.').next().unwrap_or(rest).to_owned())
+                    .filter(|key| !fields.context.contains_key(key))
+                    .collect();
+                if undefined.is_empty() {
+                    let message = if message.starts_with("url: ") {
+                        message
+                    } else {
+                        format!("url: {message}")
+                    };
+                    sink.problems.push(url.problem(message));
+                }
+                for key in undefined {
+                    sink.problems.push(url.problem(format!(
+                        "context.{key} is used but [context] does not define it"
+                    )));
+                }
                 None
             }
         },
@@ -360,7 +416,7 @@ pub fn compile(
                 )));
                 continue;
             }
-            names.extend(template.names());
+            note(template.names(), &value.at);
             headers.push((header, template));
         }
     }
@@ -375,7 +431,7 @@ pub fn compile(
             if let Some(template) =
                 text_with_secrets(&located, Mode::Text, &format!("query.{key}"), &mut sink)
             {
-                names.extend(template.names());
+                note(template.names(), &located.at);
                 query.push((key.clone(), template));
             }
         }
@@ -385,23 +441,24 @@ pub fn compile(
         None => Body::None,
         Some(body) => {
             let compiled = match &body.value {
-                toml::Value::String(text) => {
-                    TextTemplate::from_str(text, Mode::Text).map(Body::Text)
-                }
+                value if mentions_secret(value) => Err(format!("body: {NOT_RESOLVED}")),
+                toml::Value::String(text) => TextTemplate::from_str(text, Mode::Text)
+                    .map(Body::Text)
+                    .map_err(|err| format!("body: {err}")),
                 toml::Value::Table(_) => JsonTemplate::compile(&body.value).map(Body::Json),
-                _ => Err("must be a table (a JSON body) or a string (a text body)".to_owned()),
+                _ => Err("body: must be a table (a JSON body) or a string (a text body)".into()),
             };
             match compiled {
                 Ok(compiled) => {
                     match &compiled {
-                        Body::Text(template) => names.extend(template.names()),
-                        Body::Json(template) => names.extend(template.names()),
+                        Body::Text(template) => note(template.names(), &body.at),
+                        Body::Json(template) => note(template.names(), &body.at),
                         Body::None => {}
                     }
                     compiled
                 }
                 Err(message) => {
-                    sink.problems.push(body.problem(format!("body: {message}")));
+                    sink.problems.push(body.problem(message));
                     Body::None
                 }
             }
@@ -416,7 +473,7 @@ pub fn compile(
         }
         match Variable::compile(key, &source.value) {
             Ok(variable) => {
-                names.extend(variable.names());
+                note(variable.names(), &source.at);
                 variables.push(variable);
             }
             Err(message) => sink
@@ -432,7 +489,14 @@ pub fn compile(
         .collect();
     for key in &used_context {
         if !fields.context.contains_key(*key) {
-            let at = fields.url.as_ref().map_or(file, |url| &url.at);
+            // Where it is first read (`context.region.code` is read as itself).
+            let at = first_use
+                .iter()
+                .find(|(name, _)| {
+                    name.strip_prefix("context.")
+                        .is_some_and(|rest| rest.split('.').next() == Some(*key))
+                })
+                .map_or(file, |(_, at)| at);
             sink.problems.push(at.problem(format!(
                 "context.{key} is used but [context] does not define it"
             )));

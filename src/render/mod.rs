@@ -434,20 +434,37 @@ impl Rendered {
 }
 
 impl JsonTemplate {
-    /// Compiles a `[body]` table (or any TOML value) into a JSON template.
+    /// Compiles a `[body]` table (or any TOML value) into a JSON template. An error names
+    /// the leaf it is in (`body.customer.name: ...`).
     pub fn compile(value: &toml::Value) -> Result<JsonTemplate, String> {
+        JsonTemplate::compile_at(value, &mut "body".to_owned())
+    }
+
+    fn compile_at(value: &toml::Value, path: &mut String) -> Result<JsonTemplate, String> {
+        let at = |path: &str, err: String| format!("{path}: {err}");
         Ok(match value {
             toml::Value::String(text) if !is_template(text) => {
                 JsonTemplate::Literal(Json::String(text.clone()))
             }
             toml::Value::String(text) => match single_expression(text) {
-                Some(_) => JsonTemplate::Expression(ValueExpr::compile(text)?),
-                None => JsonTemplate::Text(TextTemplate::from_str(text, Mode::Text)?),
+                Some(_) => JsonTemplate::Expression(
+                    ValueExpr::compile(text).map_err(|err| at(path, err))?,
+                ),
+                None => JsonTemplate::Text(
+                    TextTemplate::from_str(text, Mode::Text).map_err(|err| at(path, err))?,
+                ),
             },
             toml::Value::Array(items) => {
                 let items = items
                     .iter()
-                    .map(JsonTemplate::compile)
+                    .enumerate()
+                    .map(|(index, item)| {
+                        let len = path.len();
+                        path.push_str(&format!("[{index}]"));
+                        let compiled = JsonTemplate::compile_at(item, path);
+                        path.truncate(len);
+                        compiled
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 if items.iter().all(|i| matches!(i, JsonTemplate::Literal(_))) {
                     JsonTemplate::Literal(
@@ -460,7 +477,14 @@ impl JsonTemplate {
             toml::Value::Table(table) => {
                 let mut entries = table
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), JsonTemplate::compile(v)?)))
+                    .map(|(k, v)| {
+                        let len = path.len();
+                        path.push('.');
+                        path.push_str(k);
+                        let compiled = JsonTemplate::compile_at(v, path);
+                        path.truncate(len);
+                        Ok((k.clone(), compiled?))
+                    })
                     .collect::<Result<Vec<_>, String>>()?;
                 // In the order of a JSON object's keys: `write` matches `render`.
                 entries.sort_by(|a, b| a.0.cmp(&b.0));

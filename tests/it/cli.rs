@@ -776,3 +776,42 @@ fn run_shows_why_a_file_that_does_not_parse_does_not_load() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no webhook named \"other\""));
 }
+
+#[test]
+fn check_points_at_where_a_context_value_is_read_and_at_secrets_that_would_be_sent_as_text() {
+    let dir = Dir::new();
+    let file = |name: &str, text: &str| {
+        dir.file(name, text);
+    };
+    file(
+        "header.toml",
+        "company = \"a\"\nurl = \"http://x.example/\"\n[headers]\nX-A = \"{{ context.zone }}\"\n",
+    );
+    file(
+        "host.toml",
+        "company = \"a\"\nurl = \"http://{{ context.host }}/\"\n",
+    );
+    file(
+        "secrets.toml",
+        "company = \"a\"\nmethod = \"POST\"\nurl = \"http://x.example/?k=${env:K}\"\n[context]\nc = \"${env:K}\"\n[body]\nkey = \"${env:K}\"\n",
+    );
+    file(
+        "leaf.toml",
+        "company = \"a\"\nmethod = \"POST\"\nurl = \"http://x.example/{{ a b }}\"\n[body]\nkey = \"x\"\n[body.outer]\ninner = [\"x\", \"{{ a b }}\"]\n",
+    );
+    let output = check(&dir);
+    assert_eq!(output.status.code(), Some(1));
+    let out = text(&output);
+    for expected in [
+        "header.toml:4:7: context.zone is used but [context] does not define it",
+        "host.toml:2:7: context.host is used but [context] does not define it",
+        "secrets.toml:3:7: url: secrets (${env:...}, ${file:...}) are resolved only in",
+        "secrets.toml:5:5: context.c: secrets (",
+        "secrets.toml:6:1: body: secrets (",
+        "leaf.toml:3:7: url: syntax error",
+        "leaf.toml:4:1: body.outer.inner[1]: syntax error",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in:\n{out}");
+    }
+    assert!(!out.contains("not a valid origin"), "{out}");
+}
