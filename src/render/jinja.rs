@@ -64,11 +64,15 @@ impl OwnedTemplate {
             Mode::Path => PATH,
             Mode::Query => QUERY,
         };
-        OwnedTemplate::try_new((name, source.into()), |owner| {
+        let template = OwnedTemplate::try_new((name, source.into()), |owner| {
             let env: &Environment<'_> = &ENV;
             env.template_from_named_str(owner.0, &owner.1)
         })
-        .map_err(|err| describe(&err))
+        .map_err(|err| describe(&err))?;
+        if may_call(source) {
+            unknown_name(template.borrow_dependent().render(probe()))?;
+        }
+        Ok(template)
     }
 
     /// Renders with `data`.
@@ -89,8 +93,37 @@ impl OwnedTemplate {
 
 /// Compiles a Jinja expression (no `{{ }}`).
 pub fn compile_expression(source: &str) -> Result<CompiledExpression, String> {
-    ENV.compile_expression_owned(source.to_owned())
-        .map_err(|err| describe(&err))
+    let expression = ENV
+        .compile_expression_owned(source.to_owned())
+        .map_err(|err| describe(&err))?;
+    if may_call(source) {
+        unknown_name(expression.eval(probe()))?;
+    }
+    Ok(expression)
+}
+
+/// Whether `source` may name a filter, a test or a function (`|`, `is`, a call).
+fn may_call(source: &str) -> bool {
+    source.contains(['|', '(']) || source.contains(" is ")
+}
+
+/// No data: what a probe renders with. Every value is undefined.
+fn probe() -> Value {
+    Value::from(std::collections::BTreeMap::<String, Value>::new())
+}
+
+/// A filter, test or function name that minijinja does not know (a typo such as
+/// `defualt`) is an error of the file, found by rendering once with no data, rather than of
+/// every call. Any other outcome is left to the calls, which have the data; a name on a
+/// branch that no data takes is found only there.
+fn unknown_name<T>(probed: Result<T, minijinja::Error>) -> Result<(), String> {
+    use minijinja::ErrorKind::{UnknownFilter, UnknownFunction, UnknownTest};
+    match probed {
+        Err(err) if matches!(err.kind(), UnknownFilter | UnknownTest | UnknownFunction) => {
+            Err(describe(&err))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Evaluates an expression; undefined stays undefined.

@@ -815,3 +815,24 @@ fn check_points_at_where_a_context_value_is_read_and_at_secrets_that_would_be_se
     }
     assert!(!out.contains("not a valid origin"), "{out}");
 }
+
+#[test]
+fn check_finds_a_misspelt_filter_test_or_function() {
+    let dir = Dir::new();
+    dir.file(
+        "f.toml",
+        "company = \"a\"\nurl = \"http://x.example/\"\n[query]\nlang = \"{{ customVariables.lang | defualt('en') }}\"\n[headers]\nX-B = \"{% if x is nonsense %}a{% endif %}\"\nX-C = \"{{ nofunc(1) }}\"\nX-D = \"{{ x | upper }}{{ x | default('a') | lower }}\"\n[variables]\nid = \"response.order.id | uper\"\nok = \"response.order.id | default('x')\"\n",
+    );
+    let output = check(&dir);
+    assert_eq!(output.status.code(), Some(1));
+    let out = text(&output);
+    for expected in [
+        "f.toml:4:8: query.lang: unknown filter: filter defualt is unknown",
+        "f.toml:6:7: headers.x-b: unknown test: test nonsense is unknown",
+        "f.toml:7:7: headers.x-c: unknown function: nofunc is unknown",
+        "f.toml:10:6: variables.id: invalid expression: unknown filter: filter uper is unknown",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in:\n{out}");
+    }
+    assert_eq!(out.lines().filter(|l| l.contains("f.toml:")).count(), 4, "{out}");
+}
