@@ -62,7 +62,12 @@ pub fn check(dir: &Path, settings: &Settings) -> Result<Report, LoadError> {
         warnings.extend(coverage_warnings(webhook));
         for (index, example) in webhook.examples.iter().enumerate() {
             examples += 1;
+            let before = problems.len();
             run_example(webhook, example, index + 1, &mut problems, &mut warnings);
+            // An example a template holds fails for this webhook only: say which.
+            for problem in &mut problems[before..] {
+                crate::config::name_the_webhook(problem, &webhook.name, &webhook.source);
+            }
         }
     }
     // A template's problem reaches every webhook that extends it: say it once.

@@ -187,6 +187,22 @@ fn lower_hex(encoded: &str) -> String {
 /// Secrets shorter than this are not scrubbed from answers (documented in SECURITY.md).
 const MIN_SCRUBBED_SECRET: usize = 3;
 
+/// The problem of a `context` value that a template reads and `[context]` does not define.
+fn undefined_context(key: &str) -> String {
+    format!("context.{key} is used but [context] does not define it")
+}
+
+/// How an `[auth]` value that its type needs and no file set is reported.
+const MISSING_FOR_AUTH: &str = "missing for auth type";
+
+/// Whether `message` reports what a webhook extending a template may still set: a
+/// `context` value a template reads ([`undefined_context`]), or an `[auth]` value.
+pub fn is_left_to_webhooks(message: &str) -> bool {
+    (message.starts_with("context.")
+        && message.ends_with(" is used but [context] does not define it"))
+        || (message.starts_with("auth.") && message.contains(MISSING_FOR_AUTH))
+}
+
 /// Whether a string of `value`, at any depth, mentions a secret reference.
 fn mentions_secret(value: &toml::Value) -> bool {
     match value {
@@ -374,9 +390,7 @@ pub fn compile(
                     sink.problems.push(url.problem(message));
                 }
                 for key in undefined {
-                    sink.problems.push(url.problem(format!(
-                        "context.{key} is used but [context] does not define it"
-                    )));
+                    sink.problems.push(url.problem(undefined_context(&key)));
                 }
                 None
             }
@@ -497,9 +511,7 @@ pub fn compile(
                         .is_some_and(|rest| rest.split('.').next() == Some(*key))
                 })
                 .map_or(file, |(_, at)| at);
-            sink.problems.push(at.problem(format!(
-                "context.{key} is used but [context] does not define it"
-            )));
+            sink.problems.push(at.problem(undefined_context(key)));
         }
     }
     let reads_whole_context = names.contains("context");
@@ -666,8 +678,9 @@ fn compile_auth(
         |sink: &mut Sink, field: &Option<Located<String>>, key: &str| -> Option<String> {
             let Some(located) = field else {
                 let at = auth.kind.as_ref().map_or(file, |k| &k.at);
-                sink.problems
-                    .push(at.problem(format!("auth.{key}: missing for auth type {kind:?}")));
+                sink.problems.push(at.problem(format!(
+                    "auth.{key}: {MISSING_FOR_AUTH} {kind:?}"
+                )));
                 return None;
             };
             let pieces = sink.resolve(located, &format!("auth.{key}"))?;

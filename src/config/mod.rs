@@ -236,14 +236,28 @@ pub fn load(
         if !claimed[i] {
             continue;
         }
-        let path = &files[*index].path;
         if parsed.kind == Kind::Template {
-            // A template's own `extends` problems are its file's, used or not.
-            if let Err(problems) = chain(i, &entries, &by_name, &unparsed) {
-                files[*index].errors.extend(problems);
-            }
+            // A template's own problems are its file's, used or not: its `extends`, and its
+            // fields, checked on their own.
+            let problems = match chain(i, &entries, &by_name, &unparsed) {
+                Err(problems) => problems,
+                Ok((chain, _)) => template_problems(&entries, i, &chain, settings, upstream),
+            };
+            files[*index].errors.extend(problems);
+        }
+    }
+    // The problems of each template's own, to tell apart from those of its use.
+    let of_templates: HashMap<&Path, &[Problem]> = entries
+        .iter()
+        .filter(|(_, parsed)| parsed.kind == Kind::Template)
+        .map(|(index, _)| (files[*index].path.as_path(), files[*index].errors.as_slice()))
+        .collect();
+    let mut webhook_problems = Vec::new();
+    for (i, (index, parsed)) in entries.iter().enumerate() {
+        if !claimed[i] || parsed.kind == Kind::Template {
             continue;
         }
+        let path = &files[*index].path;
         let outcome = chain(i, &entries, &by_name, &unparsed)
             .map_err(|problems| {
                 // A problem deeper in the chain is the template's; this file only learns
@@ -282,7 +296,9 @@ pub fn load(
                         fields = fields.inherit(&parent.fields);
                     }
                 }
-                compile::compile(&def, &fields, revision, settings, upstream).map(Arc::new)
+                compile::compile(&def, &fields, revision, settings, upstream)
+                    .map(Arc::new)
+                    .map_err(|problems| inherited(problems, parsed, path, &of_templates))
             });
         match outcome {
             Ok(webhook) => {
@@ -294,8 +310,11 @@ pub fn load(
                     },
                 );
             }
-            Err(problems) => files[*index].errors.extend(problems),
+            Err(problems) => webhook_problems.push((*index, problems)),
         }
+    }
+    for (index, problems) in webhook_problems {
+        files[index].errors.extend(problems);
     }
 
     // Last good versions of failing files keep serving, unless their name is taken.
@@ -406,6 +425,97 @@ impl Loaded {
     /// How many files have problems.
     pub fn failed_files(&self) -> usize {
         self.files.iter().filter(|f| !f.errors.is_empty()).count()
+    }
+}
+
+/// The problems of template `entries[at]`'s own fields (merged with the templates it
+/// extends, `chain`), found by compiling it as a webhook would be: what no webhook
+/// extending it could fix. A missing `company` or `url` stands in as a placeholder; a
+/// `context` value not defined, an `[auth]` value not set, examples and the placeholders'
+/// own problems are for the webhooks that extend it.
+fn template_problems(
+    entries: &[(usize, Parsed)],
+    at: usize,
+    chain: &[usize],
+    settings: &Settings,
+    upstream: &Upstream,
+) -> Vec<Problem> {
+    let Some(def) = &entries[at].1.def else {
+        return Vec::new();
+    };
+    let mut fields = def.fields.clone();
+    for &parent in chain {
+        if let Some(parent) = &entries[parent].1.def {
+            fields = fields.inherit(&parent.fields);
+        }
+    }
+    let nowhere = |value: &str| source::Located {
+        value: value.to_owned(),
+        at: source::Location::nowhere(),
+    };
+    fields.company.get_or_insert_with(|| nowhere("template"));
+    fields
+        .url
+        .get_or_insert_with(|| nowhere("http://template.invalid/"));
+    fields.examples.clear();
+    match compile::compile(def, &fields, 0, settings, upstream) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems
+            .into_iter()
+            .filter(|p| *p.path == *def.file.path && !compile::is_left_to_webhooks(&p.message))
+            .collect(),
+    }
+}
+
+/// A webhook's compile problems, as its file shows them. One that its template has on its
+/// own is that template's: the webhook learns only that the template does not load. Any
+/// other problem located in a template comes from this webhook's use of it (a `context`
+/// value it does not define, an `[auth]` beside the template's `Authorization`, an example
+/// it breaks by overriding a variable): it names the webhook, where the line is the
+/// template's.
+fn inherited(
+    problems: Vec<Problem>,
+    parsed: &Parsed,
+    path: &Path,
+    of_templates: &HashMap<&Path, &[Problem]>,
+) -> Vec<Problem> {
+    let mut shown = Vec::new();
+    let mut broken_templates = Vec::new();
+    for mut problem in problems {
+        if problem.path == path {
+            shown.push(problem);
+        } else if let Some(own) = of_templates.get(problem.path.as_path())
+            && own.contains(&problem)
+        {
+            if !broken_templates.contains(&problem.path) {
+                broken_templates.push(problem.path.clone());
+            }
+        } else {
+            name_the_webhook(&mut problem, &parsed.name.value, path);
+            shown.push(problem);
+        }
+    }
+    if let Some(extends) = &parsed.extends {
+        for template in broken_templates {
+            shown.push(extends.problem(format!(
+                "extends: template {:?} does not load; see {}",
+                extends.value,
+                template.display()
+            )));
+        }
+    }
+    shown
+}
+
+/// Names the webhook `name` of file `path` in a problem that is located in a template it
+/// extends, where only this webhook's use of it fails.
+pub fn name_the_webhook(problem: &mut Problem, name: &str, path: &Path) {
+    if problem.path != path {
+        problem.message = format!(
+            "{} (for webhook {name:?} of {})",
+            problem.message,
+            path.display()
+        );
     }
 }
 

@@ -96,6 +96,14 @@ impl SourceFile {
 }
 
 impl Location {
+    /// A location in no file: of a value hookside put in place of a missing one.
+    pub fn nowhere() -> Self {
+        Location {
+            path: Arc::from(Path::new("")),
+            line_col: None,
+        }
+    }
+
     /// A location naming only a file.
     pub fn file(path: Arc<Path>) -> Self {
         Location {

@@ -836,3 +836,62 @@ fn check_finds_a_misspelt_filter_test_or_function() {
     }
     assert_eq!(out.lines().filter(|l| l.contains("f.toml:")).count(), 4, "{out}");
 }
+
+#[test]
+fn a_template_is_checked_on_its_own_and_a_webhook_failing_on_its_use_is_named() {
+    let dir = Dir::new();
+    // Broken on its own, extended by two webhooks: its problems once, at its lines; each
+    // webhook learns that it does not load.
+    dir.file(
+        "own/t.toml",
+        "kind = \"template\"\nname = \"t\"\nmethod = \"FETCH\"\ntimeout = \"500s\"\n[headers]\nX-A = \"{{ x\"\n",
+    );
+    for name in ["w1", "w2"] {
+        dir.file(
+            &format!("own/{name}.toml"),
+            "extends = \"t\"\ncompany = \"a\"\nurl = \"http://x.example/\"\n",
+        );
+    }
+    // Fine on its own (what it leaves out, webhooks set); failing for one webhook's use.
+    dir.file(
+        "use/base.toml",
+        "kind = \"template\"\nname = \"base\"\ncompany = \"acme\"\nurl = \"http://x.example/a\"\n[auth]\ntype = \"basic\"\nusername = \"u\"\n[headers]\nX-Zone = \"{{ context.zone }}\"\n[variables]\nstatus = \"response.order.status\"\n[[examples]]\nresponse = '{\"order\": {\"status\": \"shipped\", \"state\": \"x\"}}'\nexpect = { status = \"shipped\" }\n",
+    );
+    dir.file(
+        "use/good.toml",
+        "extends = \"base\"\n[auth]\npassword = \"p\"\n[context]\nzone = \"eu\"\n",
+    );
+    dir.file(
+        "use/nozone.toml",
+        "extends = \"base\"\n[auth]\npassword = \"p\"\n",
+    );
+    dir.file(
+        "use/override.toml",
+        "extends = \"base\"\n[auth]\npassword = \"p\"\n[context]\nzone = \"eu\"\n[variables]\nstatus = \"response.order.state\"\n",
+    );
+    // A template nothing extends yet is checked too.
+    dir.file(
+        "alone.toml",
+        "kind = \"template\"\nname = \"alone\"\n[variables]\nv = \"$.a[?\"\n",
+    );
+    let output = check(&dir);
+    assert_eq!(output.status.code(), Some(1));
+    let out = text(&output);
+    for expected in [
+        "own/t.toml:3:10: method: \"FETCH\" is not one of",
+        "own/t.toml:4:11: timeout: \"500s\" is over the maximum of 120s",
+        "own/t.toml:6:7: headers.x-a: syntax error",
+        "own/w1.toml:1:11: extends: template \"t\" does not load; see ",
+        "own/w2.toml:1:11: extends: template \"t\" does not load; see ",
+        "use/base.toml:9:10: context.zone is used but [context] does not define it (for webhook \"nozone\" of ",
+        "use/base.toml:12:1: example 1: variable status (response.order.state): expected \"shipped\", got \"x\" (for webhook \"override\" of ",
+        "alone.toml:4:5: variables.v: invalid JSONPath",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in:\n{out}");
+    }
+    assert_eq!(
+        out.lines().filter(|l| l.contains(".toml:")).count(),
+        8,
+        "one line each, nothing of good.toml:\n{out}"
+    );
+}
