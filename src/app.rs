@@ -377,12 +377,20 @@ fn local(listener: &TcpListener) -> String {
 /// Starts the directory watcher; its signals wake [`keep_fresh`].
 pub fn start_watching(state: &Arc<State>, mode: crate::watch::Mode) -> crate::watch::Handle {
     let signalled = Arc::clone(state);
+    let linking = Arc::clone(state);
     crate::watch::spawn(
         state.dir.clone(),
         mode,
         Arc::clone(&state.watch_polling),
         move || {
             signalled.reload_wanted.notify_one();
+        },
+        move || {
+            let snapshot = linking.registry.snapshot();
+            snapshot
+                .loaded
+                .as_ref()
+                .map_or_else(Vec::new, |loaded| loaded.links.clone())
         },
     )
 }

@@ -6,8 +6,11 @@
 //! another); Kubernetes ConfigMaps and editors change files through renames and symlink
 //! swaps that name no `*.toml` file (every other event counts); the directory itself can be
 //! replaced or appear late (its identity is checked every second and the watch re-armed);
-//! inotify can be unavailable (a polling watcher takes over, and says so).
+//! inotify can be unavailable (a polling watcher takes over, and says so); a symbolic
+//! link may lead out of the directory, where a watch of it sees nothing change (where the
+//! links lead is watched too, as each reload finds them).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,12 +74,15 @@ pub fn mode_from_env() -> Mode {
 
 /// Watches `dir` and calls `signal` once per burst of changes, from its own thread.
 /// Returns once the watch is armed, so no change made after it returns is missed.
-/// `polling` is kept up to date with whether the directory is polled.
+/// `polling` is kept up to date with whether the directory is polled. `links` says where
+/// the directory's symbolic links lead outside it (directories, files), as the last
+/// reload found them: those are watched too, from the next second on.
 pub fn spawn(
     dir: PathBuf,
     mode: Mode,
     polling: Arc<AtomicBool>,
     signal: impl Fn() + Send + 'static,
+    links: impl Fn() -> Vec<PathBuf> + Send + 'static,
 ) -> Handle {
     let stop = Arc::new(AtomicBool::new(false));
     polling.store(matches!(mode, Mode::Poll(_)), Ordering::Relaxed);
@@ -87,7 +93,7 @@ pub fn spawn(
     let (armed_tx, armed_rx) = channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("hookside-watch".into())
-        .spawn(move || run(&dir, mode, &signal, &stop, &polling, &armed_tx));
+        .spawn(move || run(&dir, mode, &signal, &links, &stop, &polling, &armed_tx));
     match spawned {
         Ok(_) => {
             let _ = armed_rx.recv_timeout(Duration::from_secs(10));
@@ -103,6 +109,7 @@ fn run(
     dir: &Path,
     mut mode: Mode,
     signal: &dyn Fn(),
+    links: &dyn Fn() -> Vec<PathBuf>,
     stop: &AtomicBool,
     polling: &AtomicBool,
     armed: &Sender<()>,
@@ -110,10 +117,14 @@ fn run(
     let (tx, rx) = channel::<notify::Result<Event>>();
     let mut identity = identify(dir);
     let mut watcher = arm(dir, &mut mode, &tx, polling);
+    let mut outside = Outside::default();
+    if let Some(watcher) = watcher.as_mut() {
+        outside.follow(watcher.as_mut(), &links());
+    }
     let _ = armed.send(());
     let mut last_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        if wait_for_burst(&rx, stop) {
+        if wait_for_burst(&rx, stop, &outside) {
             signal();
         }
         if last_check.elapsed() >= IDENTITY_CHECK {
@@ -124,14 +135,72 @@ fn run(
                 identity = now;
                 drop(watcher);
                 watcher = arm(dir, &mut mode, &tx, polling);
+                outside = Outside::default();
                 signal();
+            }
+            if let Some(watcher) = watcher.as_mut() {
+                outside.follow(watcher.as_mut(), &links());
             }
         }
     }
 }
 
+/// What is watched outside the directory, where its links lead.
+#[derive(Default)]
+struct Outside {
+    /// Directories, watched with all they hold.
+    dirs: BTreeSet<PathBuf>,
+    /// Files; their folders are watched (a save by rename replaces a file).
+    files: BTreeSet<PathBuf>,
+    /// The folders of `files`, watched without what they hold below.
+    folders: BTreeSet<PathBuf>,
+}
+
+impl Outside {
+    /// Watches where `links` lead, and no longer where they no longer do.
+    fn follow(&mut self, watcher: &mut dyn Watcher, links: &[PathBuf]) {
+        let dirs: BTreeSet<PathBuf> = links.iter().filter(|p| p.is_dir()).cloned().collect();
+        let files: BTreeSet<PathBuf> = links.iter().filter(|p| !p.is_dir()).cloned().collect();
+        if dirs == self.dirs && files == self.files {
+            return;
+        }
+        let folders: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|file| file.parent().map(Path::to_path_buf))
+            .filter(|folder| !dirs.iter().any(|dir| folder.starts_with(dir)))
+            .collect();
+        for gone in self.dirs.difference(&dirs).chain(self.folders.difference(&folders)) {
+            let _ = watcher.unwatch(gone);
+        }
+        for (paths, mode) in [
+            (dirs.difference(&self.dirs), RecursiveMode::Recursive),
+            (folders.difference(&self.folders), RecursiveMode::NonRecursive),
+        ] {
+            for path in paths {
+                if let Err(err) = watcher.watch(path, mode) {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot watch where a link leads; relying on the periodic rescan");
+                }
+            }
+        }
+        (self.dirs, self.files, self.folders) = (dirs, files, folders);
+    }
+
+    /// Whether an event is only of other files in the folder of a linked file.
+    fn unrelated(&self, event: &Event) -> bool {
+        !event.paths.is_empty()
+            && event.paths.iter().all(|path| {
+                path.parent().is_some_and(|folder| self.folders.contains(folder))
+                    && !self.files.contains(path)
+            })
+    }
+}
+
 /// Waits up to a second for a relevant event, then for quiet; true when a reload is due.
-fn wait_for_burst(rx: &Receiver<notify::Result<Event>>, stop: &AtomicBool) -> bool {
+fn wait_for_burst(
+    rx: &Receiver<notify::Result<Event>>,
+    stop: &AtomicBool,
+    outside: &Outside,
+) -> bool {
     let first = match rx.recv_timeout(IDENTITY_CHECK) {
         Ok(event) => event,
         Err(RecvTimeoutError::Timeout) => return false,
@@ -140,7 +209,7 @@ fn wait_for_burst(rx: &Receiver<notify::Result<Event>>, stop: &AtomicBool) -> bo
             return false;
         }
     };
-    if !relevant(&first) {
+    if !relevant(&first) || first.as_ref().is_ok_and(|event| outside.unrelated(event)) {
         return false;
     }
     let started = Instant::now();

@@ -40,6 +40,9 @@ pub struct Loaded {
     /// Which file holds each name, for the next reload: the files that won it, and those
     /// that hold it while they fail.
     owners: HashMap<String, PathBuf>,
+    /// Where symbolic links in the directory lead outside it (canonical): what a watch of
+    /// the directory does not see change, for the watcher to watch too.
+    pub links: Vec<PathBuf>,
 }
 
 /// What a reload keeps of a parsed file: enough to resolve names and `extends` without
@@ -119,7 +122,7 @@ pub fn load(
     upstream: &Upstream,
     previous: Option<&Loaded>,
 ) -> Result<Loaded, LoadError> {
-    let paths = scan(dir)?;
+    let (paths, links) = scan_with_links(dir)?;
     let mut files: Vec<FileReport> = Vec::with_capacity(paths.len());
     // (index in `files`, what was parsed)
     let mut entries: Vec<(usize, Parsed)> = Vec::with_capacity(paths.len());
@@ -220,6 +223,7 @@ pub fn load(
         )
         .collect();
     let mut loaded = Loaded {
+        links,
         owners: held
             .iter()
             .map(|(name, path)| ((*name).to_owned(), path.to_path_buf()))
@@ -611,43 +615,78 @@ impl Stamp {
 /// entries (names starting with `.`) are skipped; symbolic links are followed, each folder
 /// visited once.
 pub fn scan(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, LoadError> {
-    let mut found = Vec::new();
-    let mut visited = HashSet::new();
+    scan_with_links(dir).map(|(found, _)| found)
+}
+
+/// Files found by a scan, with their stamps.
+type Found = Vec<(PathBuf, Stamp)>;
+
+/// [`scan`], and where the symbolic links it followed lead outside `dir` (canonical
+/// paths: directories, and `*.toml` files).
+fn scan_with_links(dir: &Path) -> Result<(Found, Vec<PathBuf>), LoadError> {
     let root = std::fs::read_dir(dir).map_err(|source| LoadError::Directory {
         path: dir.to_path_buf(),
         source,
     })?;
-    if let Ok(canonical) = dir.canonicalize() {
-        visited.insert(canonical);
+    let mut walk = Walk {
+        root: dir.canonicalize().ok(),
+        visited: HashSet::new(),
+        found: Vec::new(),
+        links: Vec::new(),
+    };
+    if let Some(root) = &walk.root {
+        walk.visited.insert(root.clone());
     }
-    walk(root, &mut visited, &mut found);
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(found)
+    walk.entries(root);
+    walk.found.sort_by(|a, b| a.0.cmp(&b.0));
+    walk.links.sort();
+    walk.links.dedup();
+    Ok((walk.found, walk.links))
 }
 
-fn walk(
-    entries: std::fs::ReadDir,
-    visited: &mut HashSet<PathBuf>,
-    found: &mut Vec<(PathBuf, Stamp)>,
-) {
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let Ok(metadata) = std::fs::metadata(&path) else {
-            continue; // a dangling link
-        };
-        if metadata.is_dir() {
-            let fresh = path
-                .canonicalize()
-                .map(|canonical| visited.insert(canonical))
-                .unwrap_or(false);
-            if fresh && let Ok(entries) = std::fs::read_dir(&path) {
-                walk(entries, visited, found);
+/// A walk of the directory, links followed.
+struct Walk {
+    root: Option<PathBuf>,
+    visited: HashSet<PathBuf>,
+    found: Found,
+    links: Vec<PathBuf>,
+}
+
+impl Walk {
+    fn entries(&mut self, entries: std::fs::ReadDir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
             }
-        } else if metadata.is_file() && path.extension().is_some_and(|ext| ext == "toml") {
-            found.push((path, Stamp::of(&metadata)));
+            let path = entry.path();
+            let Ok(metadata) = std::fs::metadata(&path) else {
+                continue; // a dangling link
+            };
+            let linked = entry.file_type().is_ok_and(|t| t.is_symlink());
+            if metadata.is_dir() {
+                let Ok(canonical) = path.canonicalize() else {
+                    continue;
+                };
+                self.note_link(linked, &canonical);
+                if self.visited.insert(canonical)
+                    && let Ok(entries) = std::fs::read_dir(&path)
+                {
+                    self.entries(entries);
+                }
+            } else if metadata.is_file() && path.extension().is_some_and(|ext| ext == "toml") {
+                if linked && let Ok(canonical) = path.canonicalize() {
+                    self.note_link(true, &canonical);
+                }
+                self.found.push((path, Stamp::of(&metadata)));
+            }
+        }
+    }
+
+    /// Keeps where a link leads, unless that is inside the directory (watched already).
+    fn note_link(&mut self, linked: bool, target: &Path) {
+        let inside = self.root.as_ref().is_some_and(|root| target.starts_with(root));
+        if linked && !inside {
+            self.links.push(target.to_path_buf());
         }
     }
 }

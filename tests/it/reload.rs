@@ -478,3 +478,32 @@ async fn names_claimed_twice_keep_their_owners_over_many_reloads() {
         assert_eq!(status, 200, "round {round}");
     }
 }
+
+#[tokio::test]
+async fn changes_where_links_lead_outside_the_directory_are_seen() {
+    let upstream = echo().await;
+    let dir = Dir::new();
+    // The directory, and what its links lead to, beside it.
+    dir.file("webhooks.d/plain.toml", &versioned(&upstream, "0"));
+    let file = dir.file("elsewhere/linked.toml", &versioned(&upstream, "1"));
+    std::os::unix::fs::symlink(&file, dir.path().join("webhooks.d/linked.toml")).expect("link");
+    let hookside = Hookside::watching(&dir.path().join("webhooks.d"), Mode::Native).await;
+    assert_eq!(path_of(&hookside, "linked").await, "/v1");
+
+    // A linked file edited where it is (a save by rename, as editors do).
+    let saved = dir.path().join("elsewhere/.linked.toml.swp");
+    std::fs::write(&saved, versioned(&upstream, "2")).expect("write");
+    std::fs::rename(&saved, &file).expect("rename");
+    assert!(serves(&hookside, "linked", "/v2").await, "a linked file");
+
+    // A folder linked in after the start, then a file edited and one added in it.
+    dir.file("shared/late.toml", &versioned(&upstream, "3"));
+    std::os::unix::fs::symlink(dir.path().join("shared"), dir.path().join("webhooks.d/shared"))
+        .expect("link");
+    assert!(serves(&hookside, "late", "/v3").await, "the link itself");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the watcher's next look
+    dir.file("shared/late.toml", &versioned(&upstream, "4"));
+    assert!(serves(&hookside, "late", "/v4").await, "a file in a linked folder");
+    dir.file("shared/deeper/new.toml", &versioned(&upstream, "5"));
+    assert!(serves(&hookside, "new", "/v5").await, "a new file in a linked folder");
+}
