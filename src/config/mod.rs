@@ -168,6 +168,26 @@ pub fn load(
         .map(|(index, parsed)| (files[*index].path.as_path(), parsed.name.value.as_str()))
         .collect();
     let present: HashSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    // A file moved (`git mv`, a folder reorganised) keeps its name: the owner that is gone
+    // is followed to a file with the same name and the same content, rather than the name
+    // going to another file that was refused it.
+    let mut moved: HashMap<&str, PathBuf> = HashMap::new();
+    if let Some(previous) = previous {
+        for (name, path) in &owners {
+            if present.contains(*path) {
+                continue;
+            }
+            let Some(old) = previous.parsed.get(*path) else {
+                continue;
+            };
+            if let Some((index, _)) = entries
+                .iter()
+                .find(|(_, parsed)| parsed.name.value == *name && parsed.hash == old.hash)
+            {
+                moved.insert(name, files[*index].path.clone());
+            }
+        }
+    }
     // Names held by files that exist but fail to parse now: nobody else may take them.
     let held: HashMap<&str, &Path> = owners
         .iter()
@@ -178,7 +198,9 @@ pub fn load(
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| {
         let (index, parsed) = &entries[i];
-        let owns = owners.get(parsed.name.value.as_str()) == Some(&files[*index].path.as_path());
+        let name = parsed.name.value.as_str();
+        let path = files[*index].path.as_path();
+        let owns = owners.get(name) == Some(&path) || moved.get(name).is_some_and(|to| to == path);
         (!owns, i)
     });
     let mut claimed = vec![true; entries.len()];

@@ -507,3 +507,38 @@ async fn changes_where_links_lead_outside_the_directory_are_seen() {
     dir.file("shared/deeper/new.toml", &versioned(&upstream, "5"));
     assert!(serves(&hookside, "new", "/v5").await, "a new file in a linked folder");
 }
+
+#[tokio::test]
+async fn a_serving_file_moved_keeps_its_name_against_the_copy_refused_it() {
+    let upstream = echo().await;
+    let dir = Dir::new();
+    dir.file(
+        "x/m.toml",
+        &format!("name = \"dup\"\n{}", versioned(&upstream, "1")),
+    );
+    dir.file(
+        "x/z-copy.toml",
+        &format!("name = \"dup\"\n{}", versioned(&upstream, "2")),
+    );
+    let hookside = watching(&dir).await;
+    assert_eq!(path_of(&hookside, "dup").await, "/v1");
+    // The serving file moves to another folder, sorted after the copy.
+    std::fs::create_dir(dir.path().join("y")).expect("mkdir");
+    std::fs::rename(dir.path().join("x/m.toml"), dir.path().join("y/m.toml")).expect("mv");
+    let moved = eventually(SOON, || async {
+        let (_, config) = hookside.admin_get("/-/config").await;
+        config["files"].as_array().is_some_and(|files| {
+            files.iter().any(|f| {
+                f["path"].as_str().is_some_and(|p| p.ends_with("y/m.toml")) && f["state"] == "ok"
+            })
+        })
+    })
+    .await;
+    assert!(moved, "the moved file is loaded");
+    assert_eq!(path_of(&hookside, "dup").await, "/v1", "it keeps its name");
+    let (_, entry) = hookside.get("/v1/webhooks/dup").await;
+    assert!(
+        entry["source"].as_str().is_some_and(|s| s.ends_with("y/m.toml")),
+        "{entry}"
+    );
+}
