@@ -49,6 +49,9 @@ pub struct State {
     /// Set by the watcher; a `Notify` stores one permit, so a burst of signals while a
     /// reload runs makes exactly one more reload.
     pub reload_wanted: tokio::sync::Notify,
+    /// Bot calls running on tasks of their own (those hyper serves), which run to their
+    /// end even when their caller goes away: the drain at shutdown waits for them too.
+    pub calls: tokio_util::task::TaskTracker,
 }
 
 /// Options of `hookside serve`.
@@ -105,6 +108,7 @@ impl State {
             reload_wanted: tokio::sync::Notify::new(),
             metrics: Metrics::new(),
             watch_polling: Arc::new(AtomicBool::new(false)),
+            calls: tokio_util::task::TaskTracker::new(),
         })
     }
 }

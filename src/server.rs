@@ -130,8 +130,15 @@ pub async fn run(
     }
     drop(listener);
     let _ = stop.send(true);
-    // Every connection holds a slot until it ends.
-    let drained = slots.acquire_many(state.settings.max_connections as u32);
+    let drained = async {
+        // Every connection holds a slot until it ends; a call whose caller went away runs
+        // on to its end on a task of its own.
+        let _ = slots
+            .acquire_many(state.settings.max_connections as u32)
+            .await;
+        state.calls.close();
+        state.calls.wait().await;
+    };
     if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
     }
@@ -172,12 +179,12 @@ impl Activity {
     }
 }
 
-/// Serves `connection` to its end. It is shut down gracefully (open requests finish, an
-/// HTTP/2 client gets `GOAWAY`) when `stop` turns true, or after `timeout` without an open
-/// request: an idle HTTP/2 connection would otherwise hold its slot for ever (hyper bounds
-/// only HTTP/1's wait for a head, with `header_read_timeout`). An idle connection still
-/// open `timeout` after that (a client that does not answer the `GOAWAY`'s ping) is dropped
-/// once no request is open on it.
+/// Serves `connection` to its end. It is shut down gracefully when `stop` turns true, or
+/// after `timeout` without an open request: an idle HTTP/2 connection would otherwise hold
+/// its slot for ever (hyper bounds only HTTP/1's wait for a head, with
+/// `header_read_timeout`). Gracefully: an answer being written is written whole; an HTTP/2
+/// client gets `GOAWAY`, and its open streams finish. A client that does not answer the
+/// `GOAWAY`'s ping is closed by the keep-alive pings (30 s, then 20 s for the answer).
 async fn serve_until_idle<C, E>(
     connection: C,
     shut_down: impl Fn(Pin<&mut C>),
@@ -190,32 +197,23 @@ where
 {
     use tokio::time::{Instant, sleep_until};
     tokio::pin!(connection);
-    let mut stopping = false;
-    let mut dropped_at: Option<Instant> = None;
+    let mut closing = false;
     loop {
-        let open = !stopping && dropped_at.is_none();
         let idle_at = activity
             .idle_at(timeout)
             .unwrap_or_else(|| Instant::now() + timeout);
         tokio::select! {
             ended = connection.as_mut() => return ended,
-            _ = stop.wait_for(|stop| *stop), if open => {
+            _ = stop.wait_for(|stop| *stop), if !closing => {
                 shut_down(connection.as_mut());
-                stopping = true;
+                closing = true;
             }
-            () = sleep_until(idle_at), if open => {
+            () = sleep_until(idle_at), if !closing => {
                 // Whether it is still idle: a request may have come and gone meanwhile.
                 if activity.idle_at(timeout).is_some_and(|at| at <= Instant::now()) {
                     shut_down(connection.as_mut());
-                    dropped_at = Some(Instant::now() + timeout);
+                    closing = true;
                 }
-            }
-            () = sleep_until(dropped_at.unwrap_or_else(Instant::now)), if dropped_at.is_some() => {
-                if activity.idle_at(timeout).is_some() {
-                    return Ok(());
-                }
-                // A request came before the GOAWAY took effect: it finishes first.
-                dropped_at = Some(Instant::now() + timeout);
             }
         }
     }
@@ -239,11 +237,14 @@ async fn bot(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = request.uri().path().to_owned();
+    // What is answered here never reads the request's body: a body not all read yet closes
+    // the connection, and says so (`invoke` decides for itself).
+    let unread = request.version() < http::Version::HTTP_2 && !request.body().is_end_stream();
     let Some(rest) = path
         .strip_prefix("/v1/webhooks")
         .filter(|rest| rest.is_empty() || rest.starts_with('/'))
     else {
-        return Err(not_found(&path));
+        return Ok(closing(not_found(&path).response(), unread));
     };
     // Each segment percent-decoded (`cr%65ate` is `create`); an encoded `/` stays in its
     // segment.
@@ -257,19 +258,20 @@ async fn bot(
     // HEAD is GET without the body (hyper leaves it out).
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
-    match segments.as_slice() {
+    let answer = match segments.as_slice() {
+        [name] if post => return invoke(state, request, name, None).await,
+        [name, "test"] if post => match dry_run(request.uri().query()) {
+            Ok(dry_run) => return invoke(state, request, name, Some(dry_run)).await,
+            Err(err) => Err(err.for_webhook(name)),
+        },
         [] | [""] if get => list(state, &request),
         [name] if get => describe(state, &request, name),
-        [name] if post => invoke(state, request, name, None).await,
-        [name, "test"] if post => {
-            let dry_run = dry_run(request.uri().query()).map_err(|e| e.for_webhook(name))?;
-            invoke(state, request, name, Some(dry_run)).await
-        }
         [] | [""] => Ok(not_allowed(&method, &path, None, "GET, HEAD")),
         [name] => Ok(not_allowed(&method, &path, Some(name), "GET, HEAD, POST")),
         [name, "test"] => Ok(not_allowed(&method, &path, Some(name), "POST")),
         _ => Err(not_found(&path)),
-    }
+    };
+    Ok(closing(answer.unwrap_or_else(|err| err.response()), unread))
 }
 
 /// Whether a Run Webhook call asks for a dry run (`?dry_run=true`). `true`, `1`, `yes`,
@@ -382,7 +384,7 @@ async fn invoke(
             // caller goes away meanwhile, as on the bot connection's own task: the upstream
             // may have acted on it.
             let state = Arc::clone(state);
-            let call = tokio::spawn(async move {
+            let call = state.calls.clone().spawn(async move {
                 let data = Data::Picked(&webhook.reads.conversation, &conversation);
                 call(&state, &webhook, data).await
             });

@@ -169,12 +169,19 @@ impl Outside {
             .filter_map(|file| file.parent().map(Path::to_path_buf))
             .filter(|folder| !dirs.iter().any(|dir| folder.starts_with(dir)))
             .collect();
-        for gone in self.dirs.difference(&dirs).chain(self.folders.difference(&folders)) {
+        for gone in self
+            .dirs
+            .difference(&dirs)
+            .chain(self.folders.difference(&folders))
+        {
             let _ = watcher.unwatch(gone);
         }
         for (paths, mode) in [
             (dirs.difference(&self.dirs), RecursiveMode::Recursive),
-            (folders.difference(&self.folders), RecursiveMode::NonRecursive),
+            (
+                folders.difference(&self.folders),
+                RecursiveMode::NonRecursive,
+            ),
         ] {
             for path in paths {
                 if let Err(err) = watcher.watch(path, mode) {
@@ -189,7 +196,8 @@ impl Outside {
     fn unrelated(&self, event: &Event) -> bool {
         !event.paths.is_empty()
             && event.paths.iter().all(|path| {
-                path.parent().is_some_and(|folder| self.folders.contains(folder))
+                path.parent()
+                    .is_some_and(|folder| self.folders.contains(folder))
                     && !self.files.contains(path)
             })
     }

@@ -319,9 +319,8 @@ pub fn compile(
     for (key, value) in &fields.context {
         let text = match &value.value {
             toml::Value::String(s) if super::secret::has_reference(s) => {
-                sink.problems.push(value.problem(format!(
-                    "context.{key}: {NOT_RESOLVED}"
-                )));
+                sink.problems
+                    .push(value.problem(format!("context.{key}: {NOT_RESOLVED}")));
                 continue;
             }
             toml::Value::String(s) => s.clone(),
@@ -678,9 +677,8 @@ fn compile_auth(
         |sink: &mut Sink, field: &Option<Located<String>>, key: &str| -> Option<String> {
             let Some(located) = field else {
                 let at = auth.kind.as_ref().map_or(file, |k| &k.at);
-                sink.problems.push(at.problem(format!(
-                    "auth.{key}: {MISSING_FOR_AUTH} {kind:?}"
-                )));
+                sink.problems
+                    .push(at.problem(format!("auth.{key}: {MISSING_FOR_AUTH} {kind:?}")));
                 return None;
             };
             let pieces = sink.resolve(located, &format!("auth.{key}"))?;

@@ -276,7 +276,12 @@ pub fn load(
     let of_templates: HashMap<&Path, &[Problem]> = entries
         .iter()
         .filter(|(_, parsed)| parsed.kind == Kind::Template)
-        .map(|(index, _)| (files[*index].path.as_path(), files[*index].errors.as_slice()))
+        .map(|(index, _)| {
+            (
+                files[*index].path.as_path(),
+                files[*index].errors.as_slice(),
+            )
+        })
         .collect();
     let mut webhook_problems = Vec::new();
     for (i, (index, parsed)) in entries.iter().enumerate() {
@@ -706,7 +711,10 @@ impl Walk {
 
     /// Keeps where a link leads, unless that is inside the directory (watched already).
     fn note_link(&mut self, linked: bool, target: &Path) {
-        let inside = self.root.as_ref().is_some_and(|root| target.starts_with(root));
+        let inside = self
+            .root
+            .as_ref()
+            .is_some_and(|root| target.starts_with(root));
         if linked && !inside {
             self.links.push(target.to_path_buf());
         }

@@ -194,7 +194,8 @@ struct NameSchema(#[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}
 struct MethodSchema(
     #[schemars(regex(
         pattern = r"^([Gg][Ee][Tt]|[Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|[Pp][Aa][Tt][Cc][Hh]|[Dd][Ee][Ll][Ee][Tt][Ee]|[Hh][Ee][Aa][Dd]|[Oo][Pp][Tt][Ii][Oo][Nn][Ss])$"
-    ))] String,
+    ))]
+    String,
 );
 
 /// Schema-only: `response_type`.

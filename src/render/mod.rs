@@ -447,9 +447,9 @@ impl JsonTemplate {
                 JsonTemplate::Literal(Json::String(text.clone()))
             }
             toml::Value::String(text) => match single_expression(text) {
-                Some(_) => JsonTemplate::Expression(
-                    ValueExpr::compile(text).map_err(|err| at(path, err))?,
-                ),
+                Some(_) => {
+                    JsonTemplate::Expression(ValueExpr::compile(text).map_err(|err| at(path, err))?)
+                }
                 None => JsonTemplate::Text(
                     TextTemplate::from_str(text, Mode::Text).map_err(|err| at(path, err))?,
                 ),

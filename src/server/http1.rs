@@ -331,6 +331,9 @@ fn for_hyper(request: &httparse::Request<'_, '_>) -> Parsed {
     {
         return malformed("Transfer-Encoding must end in chunked (RFC 9112, 6.3)");
     }
+    if coding.is_some() && request.version == Some(0) {
+        return malformed("Transfer-Encoding is not HTTP/1.0 (RFC 9112, 6.1)");
+    }
     if let Some(target) = request.path
         && http::Uri::try_from(target).is_err()
     {

@@ -744,6 +744,55 @@ async fn sigterm_lets_in_flight_calls_finish_and_exits_zero() {
     assert!(!process.log().contains(CANARY));
 }
 
+// A call hyper serves (a chunked body) whose caller leaves during the drain still runs to
+// its end before the process exits, and is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_a_call_whose_caller_went_away() {
+    let upstream =
+        Upstream::fixed(Reply::raw(200, "not json").delayed(Duration::from_millis(1500))).await;
+    let dir = Dir::new();
+    let args = setup(&dir, "");
+    dir.file(
+        "webhooks.d/slow.toml",
+        &webhook(&format!("http://{}/", upstream.host()), ""),
+    );
+    let mut process = start(&dir, &args);
+    let started = Instant::now();
+    let mut client = TcpStream::connect(process.bot).expect("connect");
+    client
+        .write_all(
+            format!(
+                "POST /v1/webhooks/slow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CANARY}\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&process, "TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(exit) = process.child.try_wait().expect("wait") {
+            break exit.code();
+        }
+        assert!(Instant::now() < deadline, "exited within the grace period");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "the exit waited for the call: {:?}",
+        started.elapsed()
+    );
+    let log = process.log();
+    assert!(
+        log.contains("invocation failed") && log.contains("upstream_invalid_response"),
+        "{log}"
+    );
+    assert_eq!(upstream.seen().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let upstream =

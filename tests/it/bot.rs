@@ -338,9 +338,14 @@ async fn heads_hyper_would_answer_empty_get_the_json_answer_and_the_connection_c
             400,
             "bad_request",
         ),
-        // A transfer coding whose end hyper cannot find.
+        // A transfer coding whose end hyper cannot find, or in HTTP/1.0.
         (
             call("gzip", "transfer-encoding: gzip\r\n"),
+            400,
+            "bad_request",
+        ),
+        (
+            call("old", "transfer-encoding: chunked\r\n").replacen("HTTP/1.1", "HTTP/1.0", 1),
             400,
             "bad_request",
         ),
@@ -390,6 +395,18 @@ async fn a_refusal_on_a_connection_hyper_serves_closes_it_when_the_body_was_not_
     assert_eq!(answer.body["error"]["kind"], "unknown_webhook");
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(client.closed().await);
+
+    // So does a refusal of the route or its query, before any body is read.
+    for target in ["/v1/webhooks/w/test?dry_run=maybe", "/v1/other"] {
+        let mut client = Client::connect(hookside.bot).await;
+        client
+            .send(&chunked("w").replace("/v1/webhooks/w", target))
+            .await;
+        let answer = client.answer().await.expect("answer");
+        assert!(answer.status == 400 || answer.status == 404, "{answer:?}");
+        assert_eq!(answer.header("connection"), Some("close"), "{target}");
+        assert!(client.closed().await);
+    }
 
     // A refusal after the whole body was read keeps the connection.
     let mut client = Client::connect(hookside.bot).await;
@@ -543,7 +560,8 @@ async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
     };
     let hookside = Hookside::with_settings(dir.path(), settings).await;
 
-    // The preface and SETTINGS, then nothing: the one connection slot is taken.
+    // The preface and SETTINGS, then no request: the one connection slot is taken. The
+    // client answers every PING, as one that means to hold the slot would.
     let mut idle = tokio::net::TcpStream::connect(hookside.bot)
         .await
         .expect("connect");
@@ -553,18 +571,35 @@ async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
     )
     .await
     .expect("write");
-    let mut frames = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut frames))
-        .await
-        .expect("closed within 10 s")
-        .expect("read");
     let mut types = Vec::new();
-    let mut rest = &frames[..];
-    while rest.len() >= 9 {
-        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
-        types.push(rest[3]);
-        rest = &rest[(9 + length).min(rest.len())..];
-    }
+    let mut buffer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let read = idle.read(&mut chunk).await.unwrap_or(0);
+            if read == 0 {
+                return;
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+            while buffer.len() >= 9 {
+                let length = usize::from(buffer[0]) << 16
+                    | usize::from(buffer[1]) << 8
+                    | usize::from(buffer[2]);
+                if buffer.len() < 9 + length {
+                    break;
+                }
+                let frame: Vec<u8> = buffer.drain(..9 + length).collect();
+                types.push(frame[3]);
+                if frame[3] == 0x6 && frame[4] & 0x1 == 0 {
+                    let mut ack = frame.clone();
+                    ack[4] = 0x1;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut idle, &ack).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "closed within 10 s; frames {types:?}");
     assert!(
         types.contains(&0x7),
         "a GOAWAY before the close: frame types {types:?}"

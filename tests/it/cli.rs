@@ -770,7 +770,10 @@ fn run_shows_why_a_file_that_does_not_parse_does_not_load() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("\"hdup\" does not load"), "{stderr}");
-    assert!(stderr.contains("hdup.toml:5:1: duplicate key X-A"), "{stderr}");
+    assert!(
+        stderr.contains("hdup.toml:5:1: duplicate key X-A"),
+        "{stderr}"
+    );
     // A name no file has is still unknown.
     let output = hookside(&["run", "other", "--dir", dir_arg, "--dry-run"], &[]);
     assert_eq!(output.status.code(), Some(2));
@@ -834,7 +837,11 @@ fn check_finds_a_misspelt_filter_test_or_function() {
     ] {
         assert!(out.contains(expected), "{expected:?} in:\n{out}");
     }
-    assert_eq!(out.lines().filter(|l| l.contains("f.toml:")).count(), 4, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("f.toml:")).count(),
+        4,
+        "{out}"
+    );
 }
 
 #[test]

@@ -498,14 +498,23 @@ async fn changes_where_links_lead_outside_the_directory_are_seen() {
 
     // A folder linked in after the start, then a file edited and one added in it.
     dir.file("shared/late.toml", &versioned(&upstream, "3"));
-    std::os::unix::fs::symlink(dir.path().join("shared"), dir.path().join("webhooks.d/shared"))
-        .expect("link");
+    std::os::unix::fs::symlink(
+        dir.path().join("shared"),
+        dir.path().join("webhooks.d/shared"),
+    )
+    .expect("link");
     assert!(serves(&hookside, "late", "/v3").await, "the link itself");
     tokio::time::sleep(Duration::from_millis(1500)).await; // the watcher's next look
     dir.file("shared/late.toml", &versioned(&upstream, "4"));
-    assert!(serves(&hookside, "late", "/v4").await, "a file in a linked folder");
+    assert!(
+        serves(&hookside, "late", "/v4").await,
+        "a file in a linked folder"
+    );
     dir.file("shared/deeper/new.toml", &versioned(&upstream, "5"));
-    assert!(serves(&hookside, "new", "/v5").await, "a new file in a linked folder");
+    assert!(
+        serves(&hookside, "new", "/v5").await,
+        "a new file in a linked folder"
+    );
 }
 
 #[tokio::test]
@@ -538,7 +547,9 @@ async fn a_serving_file_moved_keeps_its_name_against_the_copy_refused_it() {
     assert_eq!(path_of(&hookside, "dup").await, "/v1", "it keeps its name");
     let (_, entry) = hookside.get("/v1/webhooks/dup").await;
     assert!(
-        entry["source"].as_str().is_some_and(|s| s.ends_with("y/m.toml")),
+        entry["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("y/m.toml")),
         "{entry}"
     );
 }
