@@ -369,7 +369,6 @@ fn unprocessed(err: &hyper::Error) -> Option<Unprocessed> {
     None
 }
 
-/// Runs an HTTP/2 connection on a task of its own until it ends.
 /// Spawns hyper's HTTP/2 tasks (two per call: the request's body and the answer) boxed,
 /// so that the task holds a pointer and the future is copied once, not at every move
 /// through `tokio::spawn`.
@@ -386,6 +385,7 @@ where
     }
 }
 
+/// Runs an HTTP/2 connection on a task of its own until it ends.
 fn spawn_connection<C>(connection: C)
 where
     C: Future<Output = hyper::Result<()>> + Send + 'static,
