@@ -192,6 +192,14 @@ fn undefined_context(key: &str) -> String {
     format!("context.{key} is used but [context] does not define it")
 }
 
+/// Whether `message` says the URL's host is not in `security.allowed_hosts`.
+pub fn is_host_not_allowed(message: &str) -> bool {
+    message.starts_with("url: host ") && message.ends_with(NOT_ALLOWED_HOST)
+}
+
+/// The end of the problem of a host not in `security.allowed_hosts`.
+const NOT_ALLOWED_HOST: &str = "is not in security.allowed_hosts";
+
 /// How an `[auth]` value that its type needs and no file set is reported.
 const MISSING_FOR_AUTH: &str = "missing for auth type";
 
@@ -341,6 +349,7 @@ pub fn compile(
     // Every name the templates read, and where each was first read (for a `context` value
     // that is not defined).
     let mut names = BTreeSet::new();
+    let mut reported_undefined = BTreeSet::new();
     let mut first_use: BTreeMap<String, Location> = BTreeMap::new();
     let mut note = |read: BTreeSet<String>, at: &Location| {
         for name in read {
@@ -361,18 +370,18 @@ pub fn compile(
         Some(url) => match UrlTemplate::compile(&url.value, &fixed) {
             Ok(compiled) => {
                 if !settings.host_allowed(&compiled.host) {
-                    sink.problems.push(url.problem(format!(
-                        "url: host {:?} is not in security.allowed_hosts",
-                        compiled.host
-                    )));
+                    sink.problems.push(
+                        url.problem(format!("url: host {:?} {NOT_ALLOWED_HOST}", compiled.host)),
+                    );
                 }
                 note(compiled.names(), &url.at);
                 Some(compiled)
             }
             Err(message) => {
                 // An undefined `context` value renders empty, which may break the origin
-                // ("http://" is not a valid origin): the cause is the missing value.
-                let undefined: Vec<String> = TextTemplate::from_str(&url.value, Mode::Text)
+                // ("http://" is not a valid origin): the cause is the missing value. The URL
+                // is compiled again with a stand-in for each, to find what else is wrong.
+                let undefined: BTreeSet<String> = TextTemplate::from_str(&url.value, Mode::Text)
                     .map(|template| template.names())
                     .unwrap_or_default()
                     .iter()
@@ -380,7 +389,17 @@ pub fn compile(
                     .map(|rest| rest.split('.').next().unwrap_or(rest).to_owned())
                     .filter(|key| !fields.context.contains_key(key))
                     .collect();
-                if undefined.is_empty() {
+                let message = if undefined.is_empty() {
+                    Some(message)
+                } else {
+                    let mut standing_in = context_map.clone();
+                    for key in &undefined {
+                        standing_in.insert(key.clone(), "1".to_owned());
+                    }
+                    UrlTemplate::compile(&url.value, &Fixed::new(&standing_in, &name, &company))
+                        .err()
+                };
+                if let Some(message) = message {
                     let message = if message.starts_with("url: ") {
                         message
                     } else {
@@ -388,9 +407,10 @@ pub fn compile(
                     };
                     sink.problems.push(url.problem(message));
                 }
-                for key in undefined {
-                    sink.problems.push(url.problem(undefined_context(&key)));
+                for key in &undefined {
+                    sink.problems.push(url.problem(undefined_context(key)));
                 }
+                reported_undefined.extend(undefined);
                 None
             }
         },
@@ -501,7 +521,7 @@ pub fn compile(
         .map(|rest| rest.split('.').next().unwrap_or(rest))
         .collect();
     for key in &used_context {
-        if !fields.context.contains_key(*key) {
+        if !fields.context.contains_key(*key) && !reported_undefined.contains(*key) {
             // Where it is first read (`context.region.code` is read as itself).
             let at = first_use
                 .iter()

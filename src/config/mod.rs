@@ -180,10 +180,12 @@ pub fn load(
             let Some(old) = previous.parsed.get(*path) else {
                 continue;
             };
-            if let Some((index, _)) = entries
-                .iter()
-                .find(|(_, parsed)| parsed.name.value == *name && parsed.hash == old.hash)
-            {
+            // The file that appeared with the same content, not a copy that was there
+            // already (and refused the name).
+            let new = |index: usize| !previous.parsed.contains_key(&files[index].path);
+            if let Some((index, _)) = entries.iter().find(|(index, parsed)| {
+                parsed.name.value == *name && parsed.hash == old.hash && new(*index)
+            }) {
                 moved.insert(name, files[*index].path.clone());
             }
         }
@@ -327,9 +329,14 @@ pub fn load(
                         fields = fields.inherit(&parent.fields);
                     }
                 }
+                let templates: Vec<&[Problem]> = chain
+                    .iter()
+                    .filter_map(|&parent| of_templates.get(files[entries[parent].0].path.as_path()))
+                    .copied()
+                    .collect();
                 compile::compile(&def, &fields, revision, settings, upstream)
                     .map(Arc::new)
-                    .map_err(|problems| inherited(problems, parsed, path, &of_templates))
+                    .map_err(|problems| inherited(problems, parsed, path, &templates))
             });
         match outcome {
             Ok(webhook) => {
@@ -375,9 +382,9 @@ pub fn load(
         if !report.errors.is_empty() {
             report.state = match stale_paths.get(&report.path) {
                 Some(name) => {
-                    // What serves, when the file no longer parses far enough to say.
-                    report.name.get_or_insert_with(|| name.clone());
-                    report.kind.get_or_insert("webhook");
+                    // What serves, whatever the file says now (or cannot say).
+                    report.name = Some(name.clone());
+                    report.kind = Some("webhook");
                     FileState::Stale
                 }
                 None => FileState::Error,
@@ -484,6 +491,10 @@ fn template_problems(
         value: value.to_owned(),
         at: source::Location::nowhere(),
     };
+    let templated_url = fields
+        .url
+        .as_ref()
+        .is_some_and(|url| url.value.contains("{{") || url.value.contains("{%"));
     fields.company.get_or_insert_with(|| nowhere("template"));
     fields
         .url
@@ -491,36 +502,45 @@ fn template_problems(
     fields.examples.clear();
     match compile::compile(def, &fields, 0, settings, upstream) {
         Ok(_) => Vec::new(),
+        // A host the URL makes of `context` values is the webhook's to check.
         Err(problems) => problems
             .into_iter()
-            .filter(|p| *p.path == *def.file.path && !compile::is_left_to_webhooks(&p.message))
+            .filter(|p| {
+                *p.path == *def.file.path
+                    && !compile::is_left_to_webhooks(&p.message)
+                    && !(templated_url && compile::is_host_not_allowed(&p.message))
+            })
             .collect(),
     }
 }
 
-/// A webhook's compile problems, as its file shows them. One that its template has on its
-/// own is that template's: the webhook learns only that the template does not load. Any
-/// other problem located in a template comes from this webhook's use of it (a `context`
-/// value it does not define, an `[auth]` beside the template's `Authorization`, an example
-/// it breaks by overriding a variable): it names the webhook, where the line is the
-/// template's.
+/// A webhook's compile problems, as its file shows them. One that a template it extends
+/// has on its own (`templates`: their problems) is that template's: the webhook learns only
+/// that the template does not load. Any other problem located in a template comes from
+/// this webhook's use of it (a `context` value it does not define, an `[auth]` beside the
+/// template's `Authorization`, an example it breaks by overriding a variable): it names the
+/// webhook, where the line is the template's.
 fn inherited(
     problems: Vec<Problem>,
     parsed: &Parsed,
     path: &Path,
-    of_templates: &HashMap<&Path, &[Problem]>,
+    templates: &[&[Problem]],
 ) -> Vec<Problem> {
     let mut shown = Vec::new();
     let mut broken_templates = Vec::new();
     for mut problem in problems {
-        if problem.path == path {
-            shown.push(problem);
-        } else if let Some(own) = of_templates.get(problem.path.as_path())
-            && own.contains(&problem)
-        {
-            if !broken_templates.contains(&problem.path) {
-                broken_templates.push(problem.path.clone());
+        // A merged `[body]` is located in the extending file: its leaves are told apart
+        // by their path in the message (`body.a: ...`).
+        let of_template = templates.iter().flat_map(|own| own.iter()).find(|own| {
+            **own == problem
+                || (problem.message.starts_with("body") && own.message == problem.message)
+        });
+        if let Some(own) = of_template {
+            if !broken_templates.contains(&own.path) {
+                broken_templates.push(own.path.clone());
             }
+        } else if problem.path == path {
+            shown.push(problem);
         } else {
             name_the_webhook(&mut problem, &parsed.name.value, path);
             shown.push(problem);

@@ -799,6 +799,10 @@ fn check_points_at_where_a_context_value_is_read_and_at_secrets_that_would_be_se
         "company = \"a\"\nmethod = \"POST\"\nurl = \"http://x.example/?k=${env:K}\"\n[context]\nc = \"${env:K}\"\n[body]\nkey = \"${env:K}\"\n",
     );
     file(
+        "both.toml",
+        "company = \"a\"\nurl = \"https://{{ reply }}.example/{{ context.p }}\"\n[headers]\nX = \"{{ context.p }}\"\n",
+    );
+    file(
         "leaf.toml",
         "company = \"a\"\nmethod = \"POST\"\nurl = \"http://x.example/{{ a b }}\"\n[body]\nkey = \"x\"\n[body.outer]\ninner = [\"x\", \"{{ a b }}\"]\n",
     );
@@ -813,10 +817,14 @@ fn check_points_at_where_a_context_value_is_read_and_at_secrets_that_would_be_se
         "secrets.toml:6:1: body: secrets (",
         "leaf.toml:3:7: url: syntax error",
         "leaf.toml:4:1: body.outer.inner[1]: syntax error",
+        // An undefined value does not hide what else is wrong, and is told once.
+        "both.toml:2:7: url: the scheme, host and port may use only context values, not reply",
+        "both.toml:2:7: context.p is used but [context] does not define it",
     ] {
         assert!(out.contains(expected), "{expected:?} in:\n{out}");
     }
     assert!(!out.contains("not a valid origin"), "{out}");
+    assert_eq!(out.matches("both.toml:").count(), 2, "{out}");
 }
 
 #[test]
@@ -900,5 +908,41 @@ fn a_template_is_checked_on_its_own_and_a_webhook_failing_on_its_use_is_named() 
         out.lines().filter(|l| l.contains(".toml:")).count(),
         8,
         "one line each, nothing of good.toml:\n{out}"
+    );
+}
+
+#[test]
+fn a_template_leaves_its_host_and_body_to_the_webhooks_that_use_it() {
+    let dir = Dir::new();
+    let config = dir.file(
+        "hookside.toml",
+        "[security]\nallowed_hosts = [\"*.api.acme.example\"]\n",
+    );
+    // A host made of a context value that each webhook sets: fine on its own.
+    dir.file(
+        "webhooks.d/base.toml",
+        "kind = \"template\"\nname = \"base\"\ncompany = \"acme\"\nmethod = \"POST\"\nurl = \"https://{{ context.region }}.api.acme.example/v1\"\n[body]\na = \"{{ reply | uper }}\"\n",
+    );
+    dir.file(
+        "webhooks.d/eu.toml",
+        "extends = \"base\"\n[context]\nregion = \"eu\"\n[body]\nb = \"1\"\n",
+    );
+    let output = check_with_config(&dir, &config);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    // The template's misspelt filter is its own, once; the webhook only learns it.
+    assert!(
+        out.contains("base.toml:6:1: body.a: unknown filter"),
+        "{out}"
+    );
+    assert!(
+        out.contains("eu.toml:1:11: extends: template \"base\" does not load"),
+        "{out}"
+    );
+    assert!(!out.contains("allowed_hosts"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(".toml:")).count(),
+        2,
+        "{out}"
     );
 }

@@ -230,6 +230,19 @@ async fn a_half_written_or_invalid_file_keeps_the_last_good_version() {
     assert_eq!(config["files"][0]["state"], "stale", "{config}");
     assert_eq!(config["files"][0]["name"], "w", "{config}");
     assert_eq!(config["files"][0]["kind"], "webhook", "{config}");
+    // Nor when it says another name, and fails.
+    dir.file(
+        "w.toml",
+        &format!("name = \"w2\"\ntimeout = \"500s\"\n{full}"),
+    );
+    let renamed = eventually(SOON, || async {
+        let (_, config) = hookside.admin_get("/-/config").await;
+        config["files"][0]["errors"].to_string().contains("500s")
+    })
+    .await;
+    assert!(renamed);
+    let (_, config) = hookside.admin_get("/-/config").await;
+    assert_eq!(config["files"][0]["name"], "w", "{config}");
     dir.file("w.toml", &full);
     assert!(
         serves(&hookside, "w", "/v2").await,
@@ -551,5 +564,24 @@ async fn a_serving_file_moved_keeps_its_name_against_the_copy_refused_it() {
             .as_str()
             .is_some_and(|s| s.ends_with("y/m.toml")),
         "{entry}"
+    );
+    // Moved again beside an identical copy that was refused the name: still its.
+    std::fs::write(
+        dir.path().join("x/z-copy.toml"),
+        format!("name = \"dup\"\n{}", versioned(&upstream, "1")),
+    )
+    .expect("write");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    std::fs::rename(dir.path().join("y/m.toml"), dir.path().join("y/n.toml")).expect("mv");
+    let moved = eventually(SOON, || async {
+        let (_, entry) = hookside.get("/v1/webhooks/dup").await;
+        entry["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("y/n.toml"))
+    })
+    .await;
+    assert!(
+        moved,
+        "the moved file keeps the name, not the identical copy"
     );
 }
