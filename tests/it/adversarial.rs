@@ -687,6 +687,18 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The process's exit code, once it exits within `within` (else the test fails with `why`).
+async fn exit_code(process: &mut Process, within: Duration, why: &str) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = process.child.try_wait().expect("wait") {
+            return exit.code();
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn signal(process: &Process, name: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{name}"), &process.child.id().to_string()])
@@ -732,14 +744,12 @@ async fn sigterm_lets_in_flight_calls_finish_and_exits_zero() {
     let (status, answer) = in_flight.await.expect("call");
     assert_eq!(status, 200, "the in-flight call finished: {answer}");
     assert_eq!(answer["response"]["done"], true);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(exit) = process.child.try_wait().expect("wait") {
-            break exit.code();
-        }
-        assert!(Instant::now() < deadline, "exited within the grace period");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let code = exit_code(
+        &mut process,
+        Duration::from_secs(10),
+        "exited within the grace period",
+    )
+    .await;
     assert_eq!(code, Some(0));
     assert!(!process.log().contains(CANARY));
 }
@@ -771,14 +781,12 @@ async fn sigterm_waits_for_a_call_whose_caller_went_away() {
     signal(&process, "TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(exit) = process.child.try_wait().expect("wait") {
-            break exit.code();
-        }
-        assert!(Instant::now() < deadline, "exited within the grace period");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = exit_code(
+        &mut process,
+        Duration::from_secs(10),
+        "exited within the grace period",
+    )
+    .await;
     assert_eq!(code, Some(0));
     assert!(
         started.elapsed() >= Duration::from_millis(1400),
@@ -825,18 +833,13 @@ async fn a_second_signal_exits_at_once() {
         process.child.try_wait().expect("wait").is_none(),
         "still draining the stuck call"
     );
-    let started = Instant::now();
     signal(&process, "INT");
-    let code = loop {
-        if let Some(exit) = process.child.try_wait().expect("wait") {
-            break exit.code();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "the second signal ends it at once"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = exit_code(
+        &mut process,
+        Duration::from_secs(3),
+        "the second signal ends it at once",
+    )
+    .await;
     assert_eq!(code, Some(1));
 }
 
