@@ -201,6 +201,9 @@ pub fn render_request(
         headers.push((CONTENT_TYPE, content_type));
     }
     if !declared(&USER_AGENT) {
+        if show {
+            shown_headers.push(("user-agent".into(), AGENT.to_str().unwrap_or_default().into()));
+        }
         headers.push((USER_AGENT, AGENT));
     }
     let shown = if show {

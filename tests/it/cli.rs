@@ -369,6 +369,14 @@ async fn the_test_route_shows_request_trace_and_warnings() {
         dry["request"]["headers"].to_string().contains("***"),
         "{dry}"
     );
+    let agent = concat!("hookside/", env!("CARGO_PKG_VERSION"));
+    assert!(
+        dry["request"]["headers"]
+            .as_array()
+            .expect("headers")
+            .contains(&serde_json::json!(["user-agent", agent])),
+        "the headers hookside adds are shown with the webhook's: {dry}"
+    );
     assert!(
         dry["warnings"].to_string().contains("context.unused"),
         "{dry}"
@@ -379,6 +387,7 @@ async fn the_test_route_shows_request_trace_and_warnings() {
     assert_eq!(status, 200);
     let live: Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(live["status"], 500);
+    assert_eq!(upstream.seen()[0].header("user-agent"), Some(agent));
     assert_eq!(
         live["response"], "<html>oops</html>",
         "a body that is not JSON is shown as text"
