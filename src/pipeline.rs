@@ -202,7 +202,10 @@ pub fn render_request(
     }
     if !declared(&USER_AGENT) {
         if show {
-            shown_headers.push(("user-agent".into(), AGENT.to_str().unwrap_or_default().into()));
+            shown_headers.push((
+                "user-agent".into(),
+                AGENT.to_str().unwrap_or_default().into(),
+            ));
         }
         headers.push((USER_AGENT, AGENT));
     }

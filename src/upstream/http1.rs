@@ -61,9 +61,12 @@ pub(super) struct Conn {
 /// Why an exchange produced no answer.
 pub(super) enum Failure {
     /// The connection ended before the upstream took the request (nothing of it was
-    /// written, or an idempotent request got not a byte of answer): it may go on another
-    /// connection.
+    /// written): it may go on another connection.
     NotTaken(String),
+    /// An idempotent request was sent whole and the connection ended before a byte of
+    /// answer: the upstream may have read it, so it may go once more, and only on a new
+    /// connection.
+    Unanswered(String),
     /// Anything else.
     Failed(CallError),
 }
@@ -250,7 +253,7 @@ impl Conn {
 
     /// Reads and parses the final response head, skipping interim (1xx) ones. With
     /// `retryable`, an end of the connection before any byte arrived is
-    /// [`Failure::NotTaken`].
+    /// [`Failure::Unanswered`].
     async fn read_head(&mut self, retryable: bool, headers: bool) -> Result<Head, Failure> {
         let mut received = false;
         loop {
@@ -275,7 +278,7 @@ impl Conn {
                 Err(err) => format!("reading the response failed: {err}"),
             };
             return Err(if retryable && !received {
-                Failure::NotTaken(closed)
+                Failure::Unanswered(closed)
             } else {
                 unreachable(&closed)
             });

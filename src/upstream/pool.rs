@@ -116,7 +116,10 @@ impl Pool {
     /// Sends `request` (of this origin) and reads the whole answer within `timeout` of
     /// `started`, refusing a body over `limit` bytes; HTTP/1 header fields are kept only if
     /// `headers`. A request that an idle connection could not take (the upstream had
-    /// closed it) goes on another one; one that a new connection could not take fails.
+    /// closed it) goes on another one; one that a new connection could not take fails. An
+    /// idempotent request an idle connection closed on without answering goes once more,
+    /// on a new connection: the upstream may have read it, and an upstream that reads and
+    /// closes would otherwise get it once per idle connection.
     ///
     /// `started` also stands for "now" when an idle connection is taken: it is a few
     /// microseconds old, on the side of finding a connection idle for too long.
@@ -130,8 +133,10 @@ impl Pool {
     ) -> Result<Answer, CallError> {
         let at = tokio::time::Instant::from_std(started + timeout);
         let late = || CallError::Timeout(timeout);
+        let mut resent = false;
         loop {
-            let (taken, reused) = match self.take(started) {
+            let idle = if resent { None } else { self.take(started) };
+            let (taken, reused) = match idle {
                 Some(taken) => (taken, true),
                 None => (
                     // Boxed, as is the HTTP/2 call: their futures (TLS, HTTP/2) are
@@ -155,6 +160,18 @@ impl Pool {
                         None => return Err(late()),
                         Some(Err(Failure::Failed(err))) => return Err(err),
                         Some(Err(Failure::NotTaken(reason))) => reason,
+                        Some(Err(Failure::Unanswered(reason))) if reused => {
+                            tracing::debug!(reason = %reason, "an idle upstream connection closed without answering; sending once more on a new one");
+                            resent = true;
+                            continue;
+                        }
+                        Some(Err(Failure::Unanswered(reason))) => {
+                            return Err(CallError::Unreachable(if resent {
+                                format!("{reason}, on a kept connection and again on a new one")
+                            } else {
+                                reason
+                            }));
+                        }
                     }
                 }
                 Taken::Http2(sender) => {

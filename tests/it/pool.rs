@@ -141,6 +141,100 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
     );
 }
 
+/// An upstream that answers `/orders/warm` after 200 ms and keeps the connection, and
+/// reads `/orders/drop` whole and closes without answering; each request it read is sent
+/// on `read` with its path, each connection it accepted on `accepted`.
+async fn dropping_upstream() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let host = listener.local_addr().expect("addr").to_string();
+    let (read, paths) = tokio::sync::mpsc::unbounded_channel();
+    let (accepted, connections) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = accepted.send(());
+            let read = read.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                    let _ = read.send(path.clone());
+                    if path == "/orders/drop" {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let body = br#"{"id": "w"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.write_all(body).await;
+                }
+            });
+        }
+    });
+    (host, paths, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_the_upstream_reads_and_closes_on_goes_once_more_on_a_new_connection_only() {
+    let (host, mut paths, mut accepted) = dropping_upstream().await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &webhook(&host).replace("company", "method = \"GET\"\ncompany"),
+    );
+    let hookside = std::sync::Arc::new(Hookside::start(dir.path()).await);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let hookside = std::sync::Arc::clone(&hookside);
+            tokio::spawn(async move { hookside.invoke("w", json!({"orderId": "warm"})).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.expect("joined").0, 200);
+    }
+    assert_eq!(received(&mut accepted), 8, "eight idle connections");
+    let _ = std::iter::from_fn(|| paths.try_recv().ok()).count();
+
+    let answer = hookside.invoke("w", json!({"orderId": "drop"})).await;
+    crate::util::assert_error(&answer, 502, "upstream_unreachable");
+    let message = answer.1["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("without answering, on a kept connection and again on a new one"),
+        "{message}"
+    );
+    let sent: Vec<String> = std::iter::from_fn(|| paths.try_recv().ok()).collect();
+    assert_eq!(
+        sent,
+        ["/orders/drop", "/orders/drop"],
+        "once on an idle connection, once more on a new one, never on the seven others"
+    );
+    assert_eq!(
+        received(&mut accepted),
+        1,
+        "the second went on a new connection"
+    );
+
+    let (status, answer) = hookside.invoke("w", json!({"orderId": "warm"})).await;
+    assert_eq!(
+        (status.as_u16(), &answer["variables"]["id"]),
+        (200, &json!("w"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_closes_new_connections_at_once_is_unreachable_not_retried() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
