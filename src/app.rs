@@ -1,7 +1,7 @@
 //! Wiring for `hookside serve`: the shared [`State`], reloads (one code path with the first
 //! load), Run Webhook for the `/test` route, listeners and signals.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -171,9 +171,11 @@ pub async fn reload(state: &State, reason: &str) {
             warn_open_case_variants(&previous, &loaded, &companies);
             update_series(&state.metrics, previous.loaded.as_ref(), &loaded);
             let success = loaded.failed_files() == 0 && config_error.is_none();
+            // The config file, when it fails, is one of the files with errors.
+            let failed_files = loaded.failed_files() + usize::from(config_error.is_some());
             state
                 .metrics
-                .reloaded(success, loaded.webhooks.len(), loaded.failed_files());
+                .reloaded(success, loaded.webhooks.len(), failed_files);
             Snapshot {
                 loaded: Some(loaded),
                 companies,
@@ -265,30 +267,42 @@ fn warn_open_case_variants(
     }
 }
 
+/// One line per reload that changed something, at `info`: webhooks added, changed (their
+/// files) or removed, webhooks whose secrets or CA file changed (a rotation), and the
+/// problems that appeared (each on a line of its own, at `error`) or went away. A reload
+/// that changed none of these (the periodic rescan, mostly) is logged at `debug`, and a
+/// problem that stays is not told again.
 fn log_changes(
     previous: Option<&config::Loaded>,
     loaded: &config::Loaded,
     reason: &str,
     duration: Duration,
 ) {
-    for problem in loaded.problems() {
+    let known: HashSet<&Problem> = previous.map(|p| p.problems().collect()).unwrap_or_default();
+    let current: HashSet<&Problem> = loaded.problems().collect();
+    for problem in loaded.problems().filter(|p| !known.contains(p)) {
         tracing::error!(problem = %problem, "webhook file error");
     }
+    let appeared = current.difference(&known).count();
+    let fixed = known.difference(&current).count();
     let before = |name: &str| previous.and_then(|p| p.webhooks.get(name));
-    let added: Vec<&str> = loaded
-        .webhooks
-        .keys()
-        .filter(|name| before(name).is_none())
-        .map(String::as_str)
-        .collect();
-    let changed: Vec<&str> = loaded
-        .webhooks
-        .iter()
-        .filter(|(name, served)| {
-            before(name).is_some_and(|old| old.webhook.revision != served.webhook.revision)
+    let names = |keep: &dyn Fn(&str, &config::Webhook) -> bool| -> Vec<&str> {
+        loaded
+            .webhooks
+            .iter()
+            .filter(|(name, served)| keep(name, &served.webhook))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    };
+    let added = names(&|name, _| before(name).is_none());
+    let changed = names(&|name, webhook| {
+        before(name).is_some_and(|old| old.webhook.revision != webhook.revision)
+    });
+    let secrets_changed = names(&|name, webhook| {
+        before(name).is_some_and(|old| {
+            old.webhook.revision == webhook.revision && !old.webhook.same_secrets_as(webhook)
         })
-        .map(|(name, _)| name.as_str())
-        .collect();
+    });
     let removed: Vec<&str> = previous
         .map(|p| {
             p.webhooks
@@ -298,12 +312,24 @@ fn log_changes(
                 .collect()
         })
         .unwrap_or_default();
-    let quiet =
-        added.is_empty() && changed.is_empty() && removed.is_empty() && loaded.failed_files() == 0;
+    if loaded.webhooks.is_empty() && previous.is_none_or(|p| !p.webhooks.is_empty()) {
+        // Ready and serving nothing: a ConfigMap mounted at another path, say.
+        tracing::warn!(
+            reason,
+            "no webhook is serving: no file of the directory loads"
+        );
+    }
+    let quiet = added.is_empty()
+        && changed.is_empty()
+        && secrets_changed.is_empty()
+        && removed.is_empty()
+        && appeared == 0
+        && fixed == 0;
     if quiet && previous.is_some() {
         tracing::debug!(
             reason,
             webhooks = loaded.webhooks.len(),
+            failed_files = loaded.failed_files(),
             "reloaded, nothing changed"
         );
         return;
@@ -314,8 +340,10 @@ fn log_changes(
         failed_files = loaded.failed_files(),
         added = ?added,
         changed = ?changed,
+        secrets_changed = ?secrets_changed,
         removed = ?removed,
-        duration_ms = duration.as_secs_f64() * 1000.0,
+        problems_fixed = fixed,
+        duration_ms = (duration.as_secs_f64() * 1e6).round() / 1e3,
         "reloaded"
     );
 }

@@ -127,7 +127,11 @@ fn main() -> ExitCode {
             match runtime.block_on(app::serve(options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("hookside: {:#}", anyhow::Error::from(err));
+                    // The error's text holds its cause (`cannot listen on ADDRESS: CAUSE`).
+                    match cli.log_format {
+                        LogFormat::Text => eprintln!("hookside: {err}"),
+                        LogFormat::Json => tracing::error!(error = %err, "cannot serve"),
+                    }
                     ExitCode::from(2)
                 }
             }
@@ -324,7 +328,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // notify logs a watch it could not remove (its folder is gone) at `info`.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

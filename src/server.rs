@@ -424,7 +424,14 @@ fn callable(state: &State, name: &str, token: Option<&str>) -> Result<Arc<Webhoo
     let snapshot = state.registry.snapshot();
     let loaded = loaded(&snapshot).map_err(|e| e.for_webhook(name))?;
     let served = loaded.webhooks.get(name).ok_or_else(|| unknown(name))?;
-    authorize(&snapshot, token, &served.webhook.company).map_err(|e| e.for_webhook(name))?;
+    if let Err(err) = authorize(&snapshot, token, &served.webhook.company) {
+        // Not counted in the metrics: the log is where a bot with a rotated-away token shows.
+        tracing::warn!(
+            webhook = name, company = %served.webhook.company, kind = err.kind.as_str(),
+            "caller refused"
+        );
+        return Err(err.for_webhook(name));
+    }
     Ok(Arc::clone(&served.webhook))
 }
 
@@ -488,7 +495,7 @@ fn record(
         ),
         Err(err) => tracing::warn!(
             webhook = %webhook.name, company = %webhook.company, kind = err.kind.as_str(),
-            message = %err.message, "invocation failed"
+            error = %err.message, "invocation failed"
         ),
     }
     invocation

@@ -654,6 +654,12 @@ impl Webhook {
         names
     }
 
+    /// Whether `other` was compiled with the same secret values (and CA file) as this, for
+    /// two compilations of one file.
+    pub fn same_secrets_as(&self, other: &Webhook) -> bool {
+        self.secrets_hash == other.secrets_hash
+    }
+
     /// Whether every secret (and the CA file) still has the value it was compiled with.
     pub fn secrets_unchanged(&self) -> bool {
         secret::current_hash(&self.watched.0, self.watched.1.as_deref()) == self.secrets_hash

@@ -35,7 +35,7 @@ pub struct Located<T> {
 }
 
 /// One problem with one file: what `hookside check` prints as `PATH:LINE:COL: message`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Problem {
     /// The file.
     pub path: PathBuf,

@@ -955,3 +955,38 @@ fn a_template_leaves_its_host_and_body_to_the_webhooks_that_use_it() {
         "{out}"
     );
 }
+
+#[test]
+fn serve_on_a_taken_port_exits_2_and_tells_the_cause_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("addr").to_string();
+    let dir = Dir::new();
+    let serve = |format: &str| {
+        let mut args = vec!["serve", "--dir"];
+        args.push(dir.path().to_str().expect("utf-8"));
+        args.extend(["--listen", &address, "--admin-listen", "127.0.0.1:0"]);
+        args.extend(["--log-format", format]);
+        hookside(&args, &[])
+    };
+    let text = serve("text");
+    assert_eq!(text.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(
+        stderr.contains(&format!("hookside: cannot listen on {address}: ")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+
+    let json = serve("json");
+    assert_eq!(json.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let last: Value = serde_json::from_str(stderr.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(last["fields"]["message"], "cannot serve");
+    assert!(
+        last["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot listen")),
+        "{stderr}"
+    );
+}

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::util::{Dir, Process, get};
+use std::time::Duration;
+
+use crate::util::{Dir, Process, Reply, Upstream, eventually, get, send};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -235,6 +237,15 @@ async fn the_kubernetes_manifests_match_the_binary() {
         let (status, _, _) = get(&format!("http://{}{path}", process.admin)).await;
         assert_eq!(status, 200, "{path}");
     }
+    // Ready with nothing to serve (a ConfigMap mounted elsewhere, say) is worth a warning.
+    let empty = eventually(Duration::from_secs(5), || async {
+        !events(
+            &process,
+            "no webhook is serving: no file of the directory loads",
+        )
+        .is_empty()
+    });
+    assert!(empty.await, "{}", process.log());
 
     // The ConfigMap's webhook and config file load.
     let configmaps = yaml("examples/kubernetes/configmap.yaml");
@@ -259,4 +270,186 @@ async fn the_kubernetes_manifests_match_the_binary() {
         prometheus["scrape_configs"][0]["metrics_path"].as_str(),
         Some("/metrics")
     );
+}
+
+/// The log lines of a `--log-format json` process, parsed; `fields.message` is the event.
+fn json_lines(process: &Process) -> Vec<serde_json::Value> {
+    process
+        .log()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// How many lines of `process`'s JSON log are the event `message`.
+fn events(process: &Process, message: &str) -> Vec<serde_json::Value> {
+    json_lines(process)
+        .into_iter()
+        .filter(|line| line["fields"]["message"] == message)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_log_tells_each_event_once_with_unique_keys() {
+    let upstream = Upstream::fixed(Reply::json(200, serde_json::json!({}))).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let dir = Dir::new();
+    dir.file("token", "first-token-5a1b");
+    dir.file("caller", "caller-token-77c2");
+    let config = dir.file(
+        "hookside.toml",
+        "[companies.guarded]\ncaller_tokens = [\"${file:caller}\"]\n",
+    );
+    dir.file(
+        "webhooks.d/ok.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{}/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${{file:../token}}\"\n",
+            upstream.host()
+        ),
+    );
+    dir.file(
+        "webhooks.d/down.toml",
+        &format!("company = \"acme\"\nurl = \"http://127.0.0.1:{closed_port}/\"\n"),
+    );
+    dir.file(
+        "webhooks.d/guarded.toml",
+        &format!(
+            "company = \"guarded\"\nurl = \"http://{}/\"\n",
+            upstream.host()
+        ),
+    );
+    let process = Process::serve(
+        &dir.path().join("webhooks.d"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let bot = |name: &str| format!("http://{}/v1/webhooks/{name}", process.bot);
+    let reload = || async {
+        let url = format!("http://{}/-/reload", process.admin);
+        assert_eq!(send(http::Method::POST, &url, &[], Vec::new()).await.0, 200);
+    };
+    let logged = |message: &'static str, count: usize| {
+        let process = &process;
+        async move {
+            eventually(Duration::from_secs(5), || async {
+                events(process, message).len() >= count
+            })
+            .await;
+            events(process, message)
+        }
+    };
+
+    // A failed invocation: the event and the error's text under keys of their own.
+    let (status, _, _) = send(http::Method::POST, &bot("down"), &[], b"{}".to_vec()).await;
+    assert_eq!(status, 502);
+    let failed = logged("invocation failed", 1).await;
+    assert_eq!(failed.len(), 1, "{}", process.log());
+    assert_eq!(failed[0]["level"], "WARN");
+    assert!(
+        failed[0]["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+
+    // A refused caller shows in the log, without the token.
+    let wrong = [("authorization", "Bearer not-the-caller-token")];
+    let (status, _, _) = send(http::Method::POST, &bot("guarded"), &wrong, b"{}".to_vec()).await;
+    assert_eq!(status, 403);
+    let refused = logged("caller refused", 1).await;
+    assert_eq!(refused.len(), 1, "{}", process.log());
+    assert_eq!(refused[0]["fields"]["kind"], "forbidden");
+    assert_eq!(refused[0]["fields"]["webhook"], "guarded");
+    assert!(!process.log().contains("not-the-caller-token"));
+
+    // A rotated secret is a change the log tells, naming the webhook and not the value.
+    dir.file("token", "second-token-9d4e");
+    reload().await;
+    let rotated = logged("reloaded", 1).await;
+    assert!(
+        rotated.iter().any(|line| line["fields"]["secrets_changed"]
+            .as_str()
+            .is_some_and(|names| names.contains("\"ok\""))),
+        "{}",
+        process.log()
+    );
+    assert!(!process.log().contains("second-token-9d4e"));
+
+    // A broken file is told once, however many reloads find it broken, and its repair is
+    // told too.
+    dir.file("webhooks.d/bad.toml", "company = \"acme\"\nurl = 7\n");
+    reload().await;
+    assert_eq!(logged("webhook file error", 1).await.len(), 1);
+    let reloads = events(&process, "reloaded").len();
+    reload().await;
+    reload().await;
+    assert_eq!(
+        events(&process, "webhook file error").len(),
+        1,
+        "{}",
+        process.log()
+    );
+    std::fs::remove_file(dir.path().join("webhooks.d/bad.toml")).expect("remove");
+    reload().await;
+    let after = logged("reloaded", reloads + 1).await;
+    assert!(
+        after
+            .iter()
+            .any(|line| line["fields"]["problems_fixed"] == 1),
+        "{}",
+        process.log()
+    );
+
+    // Every line is one object with unique keys: a repeated key would hide the event.
+    for line in process.log().lines() {
+        let fields = line.split("\"fields\":{").nth(1).unwrap_or_default();
+        let fields = fields.split('}').next().unwrap_or_default();
+        let mut keys: Vec<&str> = fields
+            .split(',')
+            .filter_map(|pair| pair.split_once("\":").map(|(key, _)| key))
+            .collect();
+        let all = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), all, "a key repeats in {line}");
+    }
+}
+
+#[tokio::test]
+async fn a_config_file_that_fails_counts_among_the_files_with_errors() {
+    let dir = Dir::new();
+    let config = dir.file(
+        "hookside.toml",
+        "[companies.acme]\ncaller_tokens = [\"t-1\"]\n",
+    );
+    dir.file(
+        "webhooks.d/w.toml",
+        "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n",
+    );
+    let process = Process::serve(
+        &dir.path().join("webhooks.d"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let gauge = || async {
+        let (_, _, body) = get(&format!("http://{}/metrics", process.admin)).await;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|line| line.strip_prefix("hookside_config_file_errors "))
+            .map(str::to_owned)
+    };
+    assert_eq!(gauge().await.as_deref(), Some("0"));
+    dir.file(
+        "hookside.toml",
+        "[companies.acme]\ncaller_tokens = [\"\"]\n",
+    );
+    let url = format!("http://{}/-/reload", process.admin);
+    send(http::Method::POST, &url, &[], Vec::new()).await;
+    assert_eq!(gauge().await.as_deref(), Some("1"), "{}", process.log());
 }
