@@ -11,7 +11,7 @@ use base64::Engine as _;
 use http::{HeaderName, HeaderValue, Method};
 use serde_json::json;
 
-use super::raw::{Def, Fields, RawExample};
+use super::raw::{AuthFields, Def, Fields, RawExample};
 use super::secret::{self, Piece};
 use super::settings::{self, Settings, parse_timeout};
 use super::source::{Located, Location, Problem};
@@ -203,12 +203,17 @@ const NOT_ALLOWED_HOST: &str = "is not in security.allowed_hosts";
 /// How an `[auth]` value that its type needs and no file set is reported.
 const MISSING_FOR_AUTH: &str = "missing for auth type";
 
+/// How an `[auth]` credential is reported when no file sets `auth.type`.
+const NO_AUTH_TYPE: &str = "no auth.type is set";
+
 /// Whether `message` reports what a webhook extending a template may still set: a
-/// `context` value a template reads ([`undefined_context`]), or an `[auth]` value.
+/// `context` value a template reads ([`undefined_context`]), an `[auth]` value, or the
+/// `auth.type` of its credentials.
 pub fn is_left_to_webhooks(message: &str) -> bool {
     (message.starts_with("context.")
         && message.ends_with(" is used but [context] does not define it"))
-        || (message.starts_with("auth.") && message.contains(MISSING_FOR_AUTH))
+        || (message.starts_with("auth.")
+            && (message.contains(MISSING_FOR_AUTH) || message.contains(NO_AUTH_TYPE)))
 }
 
 /// Whether a string of `value`, at any depth, mentions a secret reference.
@@ -692,6 +697,35 @@ fn watched_secrets(fields: &Fields) -> (Vec<secret::Watched>, Option<PathBuf>) {
     (watched, ca)
 }
 
+/// Reports an `[auth]` credential that its type does not send: a token without a type would
+/// otherwise send nothing, silently. A credential of another file than the type (a
+/// template's, which a webhook's type overrides) is left alone.
+fn unused_credentials(auth: &AuthFields, kind: &str, sink: &mut Sink) {
+    let credentials = [
+        (&auth.token, "token", "bearer"),
+        (&auth.username, "username", "basic"),
+        (&auth.password, "password", "basic"),
+    ];
+    for (field, key, needs) in credentials {
+        let Some(located) = field else { continue };
+        let message = match &auth.kind {
+            _ if kind == needs => continue,
+            None => format!(
+                "auth.{key}: {NO_AUTH_TYPE}, so nothing is sent; set type = {needs:?} to send it"
+            ),
+            Some(set) if set.at.path != located.at.path => continue,
+            Some(_) if kind == "none" => format!(
+                "auth.{key}: not used by auth type \"none\" (nothing is sent); remove it or set type = {needs:?}"
+            ),
+            Some(_) if matches!(kind, "basic" | "bearer") => {
+                format!("auth.{key}: not used by auth type {kind:?}; remove it")
+            }
+            Some(_) => continue,
+        };
+        sink.problems.push(located.at.problem(message));
+    }
+}
+
 fn compile_auth(
     fields: &Fields,
     file: &super::source::Location,
@@ -714,6 +748,7 @@ fn compile_auth(
             }));
             Some(secret::reveal(&pieces))
         };
+    unused_credentials(auth, kind, sink);
     let (header, shown) = match kind {
         "none" => return None,
         "basic" => {

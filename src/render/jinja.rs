@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::LazyLock;
 
+use minijinja::value::ValueKind;
 use minijinja::{AutoEscape, Environment, Expression, UndefinedBehavior, Value};
 use percent_encoding::utf8_percent_encode;
 
@@ -152,11 +153,18 @@ fn format_value(
         QUERY => Mode::Query,
         _ => Mode::Text,
     };
+    // As a plain lookup prints (`lookup::write_text`), not as Python would: a boolean as
+    // `true`, a list or an object as JSON (`{"k":[1,null]}`, not `{'k': [1, None]}`).
     let text;
-    let text = match value.as_str() {
-        Some(s) => s,
-        None => {
-            text = value.to_string();
+    let text = match value.kind() {
+        ValueKind::String => value.as_str().unwrap_or_default(),
+        ValueKind::Bool if value.is_true() => "true",
+        ValueKind::Bool => "false",
+        kind => {
+            let json = matches!(kind, ValueKind::Seq | ValueKind::Map)
+                .then(|| serde_json::to_string(value).ok())
+                .flatten();
+            text = json.unwrap_or_else(|| value.to_string());
             &text
         }
     };

@@ -848,25 +848,44 @@ l = "plain"
 
     #[test]
     fn lookups_and_jinja_print_alike() {
-        let conversation = json!({"a": "x y", "n": 2.5, "b": true, "z": null, "i": 42});
-        for (fast, slow) in [
-            ("{{ a }}", "{{ a ~ '' }}"),
-            ("{{ n }}", "{{ n | string }}"),
-            ("{{ i }}", "{{ i | string }}"),
-            (
-                "{{ z }}-{{ nope }}",
-                "{% if true %}{{ z }}-{{ nope }}{% endif %}",
-            ),
-            ("{{ a }}", "{{ a | string }}"),
-            (
-                "{{ missing | default('d') }}",
-                "{{ missing | default('d') | string }}",
-            ),
-        ] {
+        let conversation = json!({
+            "a": "x y", "n": 2.5, "b": true, "f": false, "z": null, "i": 42, "e": 1e20,
+            "o": {"k": [1, null, "s", 2.5, true]}, "l": [1, "two", null],
+        });
+        let statement = |inner: &str| format!("{{% if true %}}{inner}{{% endif %}}");
+        let printed = [
+            "{{ b }}",
+            "{{ f }}",
+            "{{ e }}",
+            "{{ o }}",
+            "{{ l }}",
+            "{{ o.k }}",
+        ];
+        for (fast, slow) in printed
+            .iter()
+            .map(|fast| (fast.to_string(), statement(fast)))
+            .chain(
+                [
+                    ("{{ a }}", "{{ a ~ '' }}"),
+                    ("{{ n }}", "{{ n | string }}"),
+                    ("{{ i }}", "{{ i | string }}"),
+                    (
+                        "{{ z }}-{{ nope }}",
+                        "{% if true %}{{ z }}-{{ nope }}{% endif %}",
+                    ),
+                    ("{{ a }}", "{{ a | string }}"),
+                    (
+                        "{{ missing | default('d') }}",
+                        "{{ missing | default('d') | string }}",
+                    ),
+                ]
+                .map(|(fast, slow)| (fast.to_owned(), slow.to_owned())),
+            )
+        {
             for mode in [Mode::Text, Mode::Path, Mode::Query] {
                 assert_eq!(
-                    text(fast, mode, conversation.clone()),
-                    text(slow, mode, conversation.clone()),
+                    text(&fast, mode, conversation.clone()),
+                    text(&slow, mode, conversation.clone()),
                     "{fast} vs {slow} in {mode:?}"
                 );
             }

@@ -990,3 +990,53 @@ fn serve_on_a_taken_port_exits_2_and_tells_the_cause_once() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_refuses_credentials_that_the_auth_type_would_not_send() {
+    let dir = Dir::new();
+    let head = "company = \"a\"\nurl = \"http://x.example/\"\n[auth]\n";
+    dir.file("no-type.toml", &format!("{head}token = \"t-1\"\n"));
+    dir.file(
+        "none.toml",
+        &format!("{head}type = \"none\"\nusername = \"u\"\n"),
+    );
+    dir.file(
+        "basic.toml",
+        &format!("{head}type = \"basic\"\nusername = \"u\"\npassword = \"p\"\ntoken = \"t\"\n"),
+    );
+    // A webhook's type overrides its template's credentials; a template leaving the type to
+    // its webhooks is fine until one does not set it.
+    dir.file(
+        "t.toml",
+        "kind = \"template\"\nname = \"t\"\ncompany = \"a\"\nurl = \"http://x.example/\"\n[auth]\ntype = \"basic\"\nusername = \"u\"\npassword = \"p\"\n",
+    );
+    dir.file(
+        "over.toml",
+        "extends = \"t\"\n[auth]\ntype = \"bearer\"\ntoken = \"x\"\n",
+    );
+    dir.file(
+        "t2.toml",
+        "kind = \"template\"\nname = \"t2\"\ncompany = \"a\"\nurl = \"http://x.example/\"\n[auth]\ntoken = \"t\"\n",
+    );
+    dir.file(
+        "typed.toml",
+        "extends = \"t2\"\n[auth]\ntype = \"bearer\"\n",
+    );
+    dir.file("untyped.toml", "extends = \"t2\"\n");
+    let output = check(&dir);
+    assert_eq!(output.status.code(), Some(1));
+    let out = text(&output);
+    for expected in [
+        "no-type.toml:4:9: auth.token: no auth.type is set, so nothing is sent; set type = \"bearer\" to send it",
+        "none.toml:5:12: auth.username: not used by auth type \"none\" (nothing is sent); remove it or set type = \"basic\"",
+        "basic.toml:7:9: auth.token: not used by auth type \"basic\"; remove it",
+        "t2.toml:6:9: auth.token: no auth.type is set, so nothing is sent; set type = \"bearer\" to send it (for webhook \"untyped\"",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in:\n{out}");
+    }
+    assert_eq!(
+        out.lines().filter(|l| l.contains(".toml:")).count(),
+        4,
+        "{out}"
+    );
+}
