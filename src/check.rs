@@ -58,8 +58,13 @@ pub fn check(dir: &Path, settings: &Settings) -> Result<Report, LoadError> {
     let mut examples = 0;
     for served in loaded.webhooks.values() {
         let webhook = &served.webhook;
+        // A warning placed in a template it extends is about this webhook: say which.
+        let before = warnings.len();
         warnings.extend(webhook.warnings.iter().cloned());
         warnings.extend(coverage_warnings(webhook));
+        for warning in &mut warnings[before..] {
+            crate::config::name_the_webhook(warning, &webhook.name, &webhook.source);
+        }
         for (index, example) in webhook.examples.iter().enumerate() {
             examples += 1;
             let before = problems.len();

@@ -98,9 +98,19 @@ impl Variable {
                 None => VariableKind::JsonPath(query),
             }
         } else {
-            VariableKind::Jinja(
-                ValueExpr::compile(trimmed).map_err(|err| format!("invalid expression: {err}"))?,
-            )
+            VariableKind::Jinja(ValueExpr::compile(trimmed).map_err(|err| {
+                // Text around a `{{ }}`, or two of them: written as a template.
+                let one_block = trimmed.starts_with("{{")
+                    && trimmed.ends_with("}}")
+                    && trimmed.matches("{{").count() == 1;
+                if trimmed.contains("{{") && !one_block {
+                    "a variable is one expression, bare or in one {{ }}; to join values and \
+                     text, write them in one: {{ response.a ~ ' and ' ~ response.b }}"
+                        .to_owned()
+                } else {
+                    format!("invalid expression: {err}")
+                }
+            })?)
         };
         Ok(Variable {
             name: name.to_owned(),

@@ -295,10 +295,11 @@ pub fn compile(
         },
     };
 
-    for (field, value, supported, later) in [
+    for (field, value, supported, long, later) in [
         (
             "response_type",
             &fields.response_type,
+            "json",
             "json",
             "\"xml\" and \"text\" come later",
         ),
@@ -306,16 +307,25 @@ pub fn compile(
             "execution",
             &fields.execution,
             "sync",
+            "synchronous",
             "\"async\" comes later",
         ),
     ] {
         if let Some(value) = value
             && value.value != supported
         {
-            sink.problems.push(value.problem(format!(
-                "{field}: {:?} is not supported; use \"{supported}\" ({later})",
-                value.value
-            )));
+            // The Webhook Builder's words ("JSON", "Synchronous") are this value.
+            let message = if value.value.eq_ignore_ascii_case(supported)
+                || value.value.eq_ignore_ascii_case(long)
+            {
+                format!("{field}: {:?} is written \"{supported}\"", value.value)
+            } else {
+                format!(
+                    "{field}: {:?} is not supported; use \"{supported}\" ({later})",
+                    value.value
+                )
+            };
+            sink.problems.push(value.problem(message));
         }
     }
 
@@ -549,7 +559,9 @@ pub fn compile(
     for key in &unused_context {
         if let Some(value) = fields.context.get(key) {
             sink.warnings
-                .push(value.problem(format!("context.{key} is defined but no template uses it")));
+                .push(value.problem(format!(
+                "context.{key} is defined but the webhook's url, headers, query and body do not read it"
+            )));
         }
     }
     let examples = fields
@@ -774,9 +786,15 @@ fn compile_auth(
         }
         other => {
             if let Some(k) = &auth.kind {
-                sink.problems.push(k.problem(format!(
-                    "auth.type: {other:?} is not one of \"none\", \"basic\", \"bearer\""
-                )));
+                let known = ["none", "basic", "bearer"]
+                    .into_iter()
+                    .find(|known| other.eq_ignore_ascii_case(known));
+                sink.problems.push(k.problem(match known {
+                    Some(known) => format!("auth.type: {other:?} is written {known:?}"),
+                    None => format!(
+                        "auth.type: {other:?} is not one of \"none\", \"basic\", \"bearer\""
+                    ),
+                }));
             }
             return None;
         }

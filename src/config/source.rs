@@ -188,9 +188,35 @@ pub fn toml_message(err: &toml::de::Error, text: &str) -> String {
             "floating" => "floating point number",
             other => other,
         };
-        return format!("{prefix}{kind}, expected {expected}");
+        // `struct RawAuth` is a name of the code, not of the file.
+        let expected = if expected.starts_with("struct ") {
+            "a table"
+        } else {
+            expected
+        };
+        let key = err.span().and_then(|span| key_before(text, span.start));
+        let hint = match (key, kind, expected) {
+            (Some("timeout"), "integer" | "floating point number", _) => {
+                " (a duration, in quotes: \"5s\", \"1500ms\")"
+            }
+            (_, "integer" | "floating point number" | "boolean", "a string") => {
+                " (write it in quotes)"
+            }
+            _ => "",
+        };
+        return format!("{prefix}{kind}, expected {expected}{hint}");
     }
     message.to_owned()
+}
+
+/// The key written before the value at `offset` on its line (`timeout` in `timeout = 5`,
+/// `type` in `auth = { type = 5 }`), if any.
+fn key_before(text: &str, offset: usize) -> Option<&str> {
+    let before = text.get(..offset)?;
+    let line = &before[before.rfind('\n').map_or(0, |at| at + 1)..];
+    let key = line.trim_end().strip_suffix('=')?.trim_end();
+    let key = key.rsplit([' ', '\t', '{', ',']).next()?;
+    Some(key.trim_matches(['"', '\'']))
 }
 
 #[cfg(test)]

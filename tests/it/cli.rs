@@ -1040,3 +1040,65 @@ fn check_refuses_credentials_that_the_auth_type_would_not_send() {
         "{out}"
     );
 }
+
+#[test]
+fn check_says_how_to_write_the_webhook_builders_words_and_values_of_the_wrong_type() {
+    let dir = Dir::new();
+    let head = "company = \"a\"\nurl = \"http://x.example/\"\n";
+    for (file, line) in [
+        ("timeout", "timeout = 5"),
+        ("header", "[headers]\nX-Retry = 3"),
+        ("auth-string", "auth = \"bearer\""),
+        ("auth-case", "[auth]\ntype = \"Bearer\"\ntoken = \"t\""),
+        ("response-type", "response_type = \"JSON\""),
+        ("execution", "execution = \"Synchronous\""),
+        (
+            "mapper",
+            "[variables]\nc = \"{{ response.a }} and {{ response.b }}\"",
+        ),
+    ] {
+        dir.file(&format!("{file}.toml"), &format!("{head}{line}\n"));
+    }
+    let output = check(&dir);
+    assert_eq!(output.status.code(), Some(1));
+    let out = text(&output);
+    for expected in [
+        "timeout.toml:3:11: invalid type: integer, expected a string (a duration, in quotes: \"5s\", \"1500ms\")",
+        "header.toml:4:11: invalid type: integer, expected a string (write it in quotes)",
+        "auth-string.toml:3:8: invalid type: string, expected a table",
+        "auth-case.toml:4:8: auth.type: \"Bearer\" is written \"bearer\"",
+        "response-type.toml:3:17: response_type: \"JSON\" is written \"json\"",
+        "execution.toml:3:13: execution: \"Synchronous\" is written \"sync\"",
+        "mapper.toml:4:5: variables.c: a variable is one expression, bare or in one {{ }}; to join values and text, write them in one: {{ response.a ~ ' and ' ~ response.b }}",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in:\n{out}");
+    }
+    assert_eq!(
+        out.lines().filter(|l| l.contains(".toml:")).count(),
+        7,
+        "{out}"
+    );
+}
+
+#[test]
+fn a_warning_placed_in_a_template_names_the_webhook_it_is_about() {
+    let dir = Dir::new();
+    dir.file(
+        "tenant.toml",
+        "kind = \"template\"\nname = \"tenant\"\ncompany = \"a\"\nurl = \"http://x.example/{{ context.env }}/orders\"\n[context]\nenv = \"dev\"\n",
+    );
+    dir.file("uses.toml", "extends = \"tenant\"\n");
+    dir.file(
+        "overrides.toml",
+        "extends = \"tenant\"\nurl = \"http://x.example/other\"\n",
+    );
+    let output = check(&dir);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains("tenant.toml:6:7: warning: context.env is defined but the webhook's url, headers, query and body do not read it (for webhook \"overrides\" of "),
+        "{out}"
+    );
+}
