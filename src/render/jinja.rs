@@ -34,8 +34,36 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
         _ => AutoEscape::None,
     });
     env.set_formatter(format_value);
+    // Jinja2 is Python: its users call `.get('k')`, `.items()`, `.split(' ')` on values.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    minijinja_contrib::add_to_environment(&mut env);
+    env.add_filter("truncate", truncate);
     env
 });
+
+/// minijinja_contrib's `truncate`, which takes keywords only, also taking Jinja2's positional
+/// arguments (`truncate(20)`, `truncate(20, true)`).
+fn truncate(
+    state: &mut minijinja::State,
+    value: &Value,
+    args: minijinja::value::Rest<Value>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<Value, minijinja::Error> {
+    const NAMES: [&str; 4] = ["length", "killwords", "end", "leeway"];
+    if args.len() > NAMES.len() {
+        return Err(minijinja::Error::from(
+            minijinja::ErrorKind::TooManyArguments,
+        ));
+    }
+    let mut all: Vec<(&str, Value)> = NAMES.iter().copied().zip(args.iter().cloned()).collect();
+    for name in &NAMES[args.len()..] {
+        if let Some(value) = kwargs.get::<Option<Value>>(name)? {
+            all.push((name, value));
+        }
+    }
+    kwargs.assert_all_used()?;
+    minijinja_contrib::filters::truncate(state, value, all.into_iter().collect())
+}
 
 self_cell::self_cell!(
     /// A compiled template that owns its source.

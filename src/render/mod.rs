@@ -847,6 +847,31 @@ l = "plain"
     }
 
     #[test]
+    fn jinja2s_python_methods_and_positional_truncate_work() {
+        let conversation = json!({
+            "reply": "Hello big world of things",
+            "customVariables": {"vip": true, "tier": "gold"},
+        });
+        for (source, expected) in [
+            ("{{ customVariables.get('tier') }}", "gold"),
+            ("{{ customVariables.get('nope', 'none') }}", "none"),
+            ("{{ customVariables.keys() | join(',') }}", "tier,vip"),
+            ("{{ reply.split(' ')[1] }}", "big"),
+            ("{{ reply.upper() }}", "HELLO BIG WORLD OF THINGS"),
+            ("{{ reply.startswith('Hello') }}", "true"),
+            ("{{ reply | truncate(9) }}", "Hello..."),
+            ("{{ reply | truncate(9, true) }}", "Hello ..."),
+            ("{{ reply | truncate(length=9, end='~') }}", "Hello~"),
+        ] {
+            assert_eq!(
+                text(source, Mode::Text, conversation.clone()),
+                expected,
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
     fn lookups_and_jinja_print_alike() {
         let conversation = json!({
             "a": "x y", "n": 2.5, "b": true, "f": false, "z": null, "i": 42, "e": 1e20,
