@@ -200,6 +200,16 @@ pub fn is_host_not_allowed(message: &str) -> bool {
 /// The end of the problem of a host not in `security.allowed_hosts`.
 const NOT_ALLOWED_HOST: &str = "is not in security.allowed_hosts";
 
+/// Whether an expression reading `names` reads the response, its status or its headers.
+fn reads_the_response(names: &BTreeSet<String>) -> bool {
+    names.iter().any(|name| {
+        matches!(
+            name.split(['.', '[']).next(),
+            Some("response" | "status" | "headers")
+        )
+    })
+}
+
 /// How an `[auth]` value that its type needs and no file set is reported.
 const MISSING_FOR_AUTH: &str = "missing for auth type";
 
@@ -521,7 +531,15 @@ pub fn compile(
         }
         match Variable::compile(key, &source.value) {
             Ok(variable) => {
-                note(variable.names(), &source.at);
+                let read = variable.names();
+                if !variable.is_json_path() && !reads_the_response(&read) {
+                    // `order.status` for `response.order.status`: always missing.
+                    sink.warnings.push(source.problem(format!(
+                        "variables.{key} reads nothing of the response (response, status, \
+                         headers); the response's body is `response`, as in response.order.id"
+                    )));
+                }
+                note(read, &source.at);
                 variables.push(variable);
             }
             Err(message) => sink

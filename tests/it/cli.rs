@@ -1102,3 +1102,22 @@ fn a_warning_placed_in_a_template_names_the_webhook_it_is_about() {
         "{out}"
     );
 }
+
+#[test]
+fn check_warns_of_a_variable_that_reads_nothing_of_the_response() {
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        "company = \"a\"\nurl = \"http://x.example/\"\n[variables]\nbare = \"order.status\"\nbraced = \"{{ order.id }}\"\nbody = \"response.order.id\"\ncode = \"status\"\nheader = \"headers['x-a']\"\npath = \"$.order.id\"\n",
+    );
+    let output = check(&dir);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    let warned: Vec<&str> = out.lines().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(warned.len(), 2, "{out}");
+    assert!(warned[0].contains("w.toml:4:8: warning: variables.bare reads nothing of the response (response, status, headers); the response's body is `response`"), "{out}");
+    assert!(
+        warned[1].contains("w.toml:5:10: warning: variables.braced reads nothing"),
+        "{out}"
+    );
+}
