@@ -272,6 +272,16 @@ fn run(
             })
             .flat_map(|f| f.errors.iter().map(ToString::to_string))
             .collect();
+        let template = loaded
+            .files
+            .iter()
+            .find(|f| f.kind == Some("template") && f.name.as_deref() == Some(name));
+        if let (true, Some(template)) = (own.is_empty(), template) {
+            return fail(format!(
+                "{name:?} is a template ({}): run a webhook that extends it",
+                template.path.display()
+            ));
+        }
         if own.is_empty() {
             return fail(format!("no webhook named {name:?} in {}", dir.display()));
         }

@@ -787,6 +787,19 @@ fn run_shows_why_a_file_that_does_not_parse_does_not_load() {
     let output = hookside(&["run", "other", "--dir", dir_arg, "--dry-run"], &[]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no webhook named \"other\""));
+    // A template's name gets what to run instead.
+    dir.file(
+        "t.toml",
+        "kind = \"template\"\nname = \"tenant\"\ncompany = \"a\"\nurl = \"http://127.0.0.1:9/\"\n",
+    );
+    let output = hookside(&["run", "tenant", "--dir", dir_arg, "--dry-run"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"tenant\" is a template (")
+            && stderr.contains("run a webhook that extends it"),
+        "{stderr}"
+    );
 }
 
 #[test]
