@@ -151,19 +151,31 @@ pub async fn reload(state: &State, reason: &str) {
     // effect only at a restart), and fails the reload, so that alerts on
     // `hookside_config_last_reload_successful` see it.
     let mut config_error = None;
+    let mut config_problems = Vec::new();
     let companies = match callers {
         Some(Ok(companies)) => Arc::new(companies),
         Some(Err(problems)) => {
-            for problem in &problems {
-                tracing::warn!(%problem, "the config file fails; the caller tokens that serve are kept");
-            }
-            config_error = problems.first().map(|problem| {
+            config_problems = problems.iter().map(ToString::to_string).collect();
+            config_error = config_problems.first().map(|problem| {
                 format!("the config file fails, its caller tokens are kept: {problem}")
             });
             Arc::clone(&previous.companies)
         }
         None => Arc::clone(&previous.companies),
     };
+    // Each problem once, as for webhook files, and the repair.
+    for problem in config_problems
+        .iter()
+        .filter(|p| !previous.config_problems.contains(p))
+    {
+        tracing::warn!(%problem, "the config file fails; the caller tokens that serve are kept");
+    }
+    if config_problems.is_empty() && !previous.config_problems.is_empty() {
+        tracing::info!(
+            reason,
+            "the config file loads again; its caller tokens serve"
+        );
+    }
     let duration = started.elapsed();
     let next = match result {
         Ok(loaded) => {
@@ -179,6 +191,7 @@ pub async fn reload(state: &State, reason: &str) {
             Snapshot {
                 loaded: Some(loaded),
                 companies,
+                config_problems,
                 revision: previous.revision + 1,
                 last_reload: Some(ReloadOutcome {
                     at: SystemTime::now(),
@@ -194,10 +207,12 @@ pub async fn reload(state: &State, reason: &str) {
                 .loaded
                 .as_ref()
                 .map_or((0, 0), |l| (l.webhooks.len(), l.failed_files()));
+            let failed = failed + usize::from(config_error.is_some());
             state.metrics.reloaded(false, webhooks, failed);
             Snapshot {
                 loaded: previous.loaded.clone(),
                 companies,
+                config_problems,
                 revision: previous.revision + 1,
                 last_reload: Some(ReloadOutcome {
                     at: SystemTime::now(),

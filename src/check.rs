@@ -58,12 +58,17 @@ pub fn check(dir: &Path, settings: &Settings) -> Result<Report, LoadError> {
     let mut examples = 0;
     for served in loaded.webhooks.values() {
         let webhook = &served.webhook;
-        // A warning placed in a template it extends is about this webhook: say which.
+        // A warning placed in a template it extends that holds for this webhook alone (a
+        // context value its URL does not read, a key its examples do not give) says which;
+        // one of the template's own (a placeholder secret) stays one line.
         let before = warnings.len();
         warnings.extend(webhook.warnings.iter().cloned());
+        let own = warnings.len();
         warnings.extend(coverage_warnings(webhook));
-        for warning in &mut warnings[before..] {
-            crate::config::name_the_webhook(warning, &webhook.name, &webhook.source);
+        for (at, warning) in warnings[before..].iter_mut().enumerate() {
+            if before + at >= own || warning.message.starts_with("context.") {
+                crate::config::name_the_webhook(warning, &webhook.name, &webhook.source);
+            }
         }
         for (index, example) in webhook.examples.iter().enumerate() {
             examples += 1;

@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "hookside", version, about)]
 struct Cli {
-    /// Log format on stderr (level from RUST_LOG, default info).
+    /// Log format on stderr (level from RUST_LOG, default info,notify=warn).
     #[arg(
         long,
         global = true,
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             let runtime = match runtime() {
                 Ok(runtime) => runtime,
                 Err(err) => {
-                    eprintln!("hookside: cannot start the runtime: {err}");
+                    fatal(cli.log_format, &format!("cannot start the runtime: {err}"));
                     return ExitCode::from(2);
                 }
             };
@@ -128,10 +128,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     // The error's text holds its cause (`cannot listen on ADDRESS: CAUSE`).
-                    match cli.log_format {
-                        LogFormat::Text => eprintln!("hookside: {err}"),
-                        LogFormat::Json => tracing::error!(error = %err, "cannot serve"),
-                    }
+                    fatal(cli.log_format, &err.to_string());
                     ExitCode::from(2)
                 }
             }
@@ -333,6 +330,23 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
             .worker_threads(cores)
             .enable_all()
             .build()
+    }
+}
+
+/// Why `serve` exits: on stderr in the log's format, and not through the log's filter
+/// (`RUST_LOG=off` must not hide it).
+fn fatal(format: LogFormat, error: &str) {
+    match format {
+        LogFormat::Text => eprintln!("hookside: {error}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": "ERROR",
+                "fields": {"message": "cannot serve", "error": error},
+                "target": "hookside",
+            })
+        ),
     }
 }
 

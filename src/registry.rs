@@ -23,6 +23,9 @@ pub struct Snapshot {
     /// The companies' caller tokens: read from the config file at start and again at
     /// every reload, so a rotated token takes effect with the webhooks.
     pub companies: Arc<HashMap<String, Company>>,
+    /// The config file's problems at the last reload (empty when it loaded, or when there is
+    /// none), to log each once and its repair.
+    pub config_problems: Vec<String>,
 }
 
 /// What the last reload did.

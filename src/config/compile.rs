@@ -200,30 +200,49 @@ pub fn is_host_not_allowed(message: &str) -> bool {
 /// The end of the problem of a host not in `security.allowed_hosts`.
 const NOT_ALLOWED_HOST: &str = "is not in security.allowed_hosts";
 
-/// Whether an expression reading `names` reads the response, its status or its headers.
-fn reads_the_response(names: &BTreeSet<String>) -> bool {
-    names.iter().any(|name| {
-        matches!(
-            name.split(['.', '[']).next(),
-            Some("response" | "status" | "headers")
-        )
-    })
+/// Whether an expression reading `names` reads what a variable may read: the response, its
+/// status or headers, `context`, `webhook`, or a key of the conversation the Webhook
+/// Builder's help lists. `order.status` reads none of them.
+fn reads_known_data(names: &BTreeSet<String>) -> bool {
+    const KNOWN: [&str; 20] = [
+        "response",
+        "status",
+        "headers",
+        "context",
+        "webhook",
+        "lastName",
+        "replyData",
+        "sessionId",
+        "attachedMedia",
+        "direction",
+        "reply",
+        "extractedData",
+        "botId",
+        "botDeploymentId",
+        "firstName",
+        "customVariables",
+        "moduleId",
+        "to",
+        "from",
+        "botTrainedModelId",
+    ];
+    names.is_empty()
+        || names.iter().any(|name| {
+            name.split(['.', '['])
+                .next()
+                .is_some_and(|root| KNOWN.contains(&root))
+        })
 }
 
 /// How an `[auth]` value that its type needs and no file set is reported.
 const MISSING_FOR_AUTH: &str = "missing for auth type";
 
-/// How an `[auth]` credential is reported when no file sets `auth.type`.
-const NO_AUTH_TYPE: &str = "no auth.type is set";
-
 /// Whether `message` reports what a webhook extending a template may still set: a
-/// `context` value a template reads ([`undefined_context`]), an `[auth]` value, or the
-/// `auth.type` of its credentials.
+/// `context` value a template reads ([`undefined_context`]), or an `[auth]` value.
 pub fn is_left_to_webhooks(message: &str) -> bool {
     (message.starts_with("context.")
         && message.ends_with(" is used but [context] does not define it"))
-        || (message.starts_with("auth.")
-            && (message.contains(MISSING_FOR_AUTH) || message.contains(NO_AUTH_TYPE)))
+        || (message.starts_with("auth.") && message.contains(MISSING_FOR_AUTH))
 }
 
 /// Whether a string of `value`, at any depth, mentions a secret reference.
@@ -532,11 +551,12 @@ pub fn compile(
         match Variable::compile(key, &source.value) {
             Ok(variable) => {
                 let read = variable.names();
-                if !variable.is_json_path() && !reads_the_response(&read) {
+                if !variable.is_json_path() && !reads_known_data(&read) {
                     // `order.status` for `response.order.status`: always missing.
                     sink.warnings.push(source.problem(format!(
                         "variables.{key} reads nothing of the response (response, status, \
-                         headers); the response's body is `response`, as in response.order.id"
+                         headers) nor a conversation key the platform sends; the response's \
+                         body is `response`, as in response.order.id"
                     )));
                 }
                 note(read, &source.at);
@@ -727,10 +747,12 @@ fn watched_secrets(fields: &Fields) -> (Vec<secret::Watched>, Option<PathBuf>) {
     (watched, ca)
 }
 
-/// Reports an `[auth]` credential that its type does not send: a token without a type would
-/// otherwise send nothing, silently. A credential of another file than the type (a
-/// template's, which a webhook's type overrides) is left alone.
-fn unused_credentials(auth: &AuthFields, kind: &str, sink: &mut Sink) {
+/// Warns of an `[auth]` credential that its type does not send: a token without a type
+/// sends nothing, silently. A warning, not an error: `type = "none"` beside its token is how
+/// auth is switched off for a while, and a file that loaded before must not stop serving. A
+/// credential inherited from a template, where the webhook's own `type` overrides the
+/// template's, is left alone (`file`: the file being compiled).
+fn unused_credentials(auth: &AuthFields, kind: &str, file: &Location, sink: &mut Sink) {
     let credentials = [
         (&auth.token, "token", "bearer"),
         (&auth.username, "username", "basic"),
@@ -741,9 +763,9 @@ fn unused_credentials(auth: &AuthFields, kind: &str, sink: &mut Sink) {
         let message = match &auth.kind {
             _ if kind == needs => continue,
             None => format!(
-                "auth.{key}: {NO_AUTH_TYPE}, so nothing is sent; set type = {needs:?} to send it"
+                "auth.{key}: no auth.type is set, so nothing is sent; set type = {needs:?} to send it"
             ),
-            Some(set) if set.at.path != located.at.path => continue,
+            Some(_) if located.at.path != file.path => continue,
             Some(_) if kind == "none" => format!(
                 "auth.{key}: not used by auth type \"none\" (nothing is sent); remove it or set type = {needs:?}"
             ),
@@ -752,7 +774,7 @@ fn unused_credentials(auth: &AuthFields, kind: &str, sink: &mut Sink) {
             }
             Some(_) => continue,
         };
-        sink.problems.push(located.at.problem(message));
+        sink.warnings.push(located.at.problem(message));
     }
 }
 
@@ -778,7 +800,7 @@ fn compile_auth(
             }));
             Some(secret::reveal(&pieces))
         };
-    unused_credentials(auth, kind, sink);
+    unused_credentials(auth, kind, file, sink);
     let (header, shown) = match kind {
         "none" => return None,
         "basic" => {

@@ -194,9 +194,13 @@ pub fn toml_message(err: &toml::de::Error, text: &str) -> String {
         } else {
             expected
         };
-        let key = err.span().and_then(|span| key_before(text, span.start));
-        let hint = match (key, kind, expected) {
-            (Some("timeout"), "integer" | "floating point number", _) => {
+        let start = err.span().map(|span| span.start);
+        let key = start.and_then(|start| key_before(text, start));
+        // `timeout` of the webhook or of the config file's `[defaults]`, not a query key.
+        let duration = key == Some("timeout")
+            && start.is_some_and(|start| matches!(table_at(text, start), None | Some("defaults")));
+        let hint = match (duration, kind, expected) {
+            (true, "integer" | "floating point number", _) => {
                 " (a duration, in quotes: \"5s\", \"1500ms\")"
             }
             (_, "integer" | "floating point number" | "boolean", "a string") => {
@@ -207,6 +211,18 @@ pub fn toml_message(err: &toml::de::Error, text: &str) -> String {
         return format!("{prefix}{kind}, expected {expected}{hint}");
     }
     message.to_owned()
+}
+
+/// The table whose header (`[name]`) is the last before `offset`, if any.
+fn table_at(text: &str, offset: usize) -> Option<&str> {
+    text.get(..offset)?.lines().rev().find_map(|line| {
+        let line = line.trim();
+        line.strip_prefix('[')
+            .and_then(|rest| rest.split(']').next())
+            .filter(|_| !line.starts_with("[["))
+            .map(str::trim)
+            .or_else(|| line.starts_with("[[").then_some(""))
+    })
 }
 
 /// The key written before the value at `offset` on its line (`timeout` in `timeout = 5`,

@@ -35,11 +35,33 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     });
     env.set_formatter(format_value);
     // Jinja2 is Python: its users call `.get('k')`, `.items()`, `.split(' ')` on values.
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(python_method);
     minijinja_contrib::add_to_environment(&mut env);
     env.add_filter("truncate", truncate);
     env
 });
+
+/// Why `str.format` fails (also found when a file loads).
+const NO_STR_FORMAT: &str =
+    "str.format is not available; use ~ or the format filter ('%s-%s' | format(a, b))";
+
+/// Python's methods of strings, objects and lists (minijinja_contrib's), but `str.format`:
+/// it pads to any width it is asked (`'{:>99999999999}'.format('')`) without paying fuel,
+/// and a file's template is rendered once when it loads. The `format` filter is checked.
+fn python_method(
+    state: &mut minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, minijinja::Error> {
+    if method == "format" && value.kind() == ValueKind::String {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::UnknownMethod,
+            NO_STR_FORMAT,
+        ));
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
 
 /// minijinja_contrib's `truncate`, which takes keywords only, also taking Jinja2's positional
 /// arguments (`truncate(20)`, `truncate(20, true)`).
@@ -151,6 +173,9 @@ fn unknown_name<T>(probed: Result<T, minijinja::Error>) -> Result<(), String> {
         Err(err) if matches!(err.kind(), UnknownFilter | UnknownTest | UnknownFunction) => {
             Err(describe(&err))
         }
+        Err(err) if err.detail().is_some_and(|d| d.starts_with(NO_STR_FORMAT)) => {
+            Err(describe(&err))
+        }
         _ => Ok(()),
     }
 }
@@ -189,7 +214,7 @@ fn format_value(
         ValueKind::Bool if value.is_true() => "true",
         ValueKind::Bool => "false",
         kind => {
-            let json = matches!(kind, ValueKind::Seq | ValueKind::Map)
+            let json = matches!(kind, ValueKind::Seq | ValueKind::Map | ValueKind::Iterable)
                 .then(|| serde_json::to_string(value).ok())
                 .flatten();
             text = json.unwrap_or_else(|| value.to_string());

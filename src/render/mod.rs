@@ -862,6 +862,11 @@ l = "plain"
             ("{{ reply | truncate(9) }}", "Hello..."),
             ("{{ reply | truncate(9, true) }}", "Hello ..."),
             ("{{ reply | truncate(length=9, end='~') }}", "Hello~"),
+            ("{{ customVariables.values() }}", "[\"gold\",true]"),
+            (
+                "{{ customVariables.keys() | reverse }}",
+                "[\"vip\",\"tier\"]",
+            ),
         ] {
             assert_eq!(
                 text(source, Mode::Text, conversation.clone()),
@@ -869,6 +874,15 @@ l = "plain"
                 "{source}"
             );
         }
+        // `str.format` pads to any width without paying fuel: refused, when the file loads
+        // (the template renders once then) and at a call.
+        let padded = TextTemplate::from_str("{{ '{:>99999999999}'.format('') }}", Mode::Text);
+        assert!(padded.is_err_and(|e| e.contains("str.format is not available")));
+        let fixed = fixed();
+        let late = TextTemplate::from_str("{{ reply.format('') }}", Mode::Text)
+            .expect("compiles: no data when it loads")
+            .render(&Scope::new(&fixed, &conversation));
+        assert!(late.is_err_and(|e| e.contains("str.format is not available")));
     }
 
     #[test]

@@ -83,6 +83,16 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// `err`, saying that the request went out a second time after `first`, when it did.
+fn told_resent(err: CallError, first: Option<&str>) -> CallError {
+    match (first, err) {
+        (Some(first), CallError::Unreachable(second)) => CallError::Unreachable(format!(
+            "{first} on a kept connection; sent again on a new one: {second}"
+        )),
+        (_, err) => err,
+    }
+}
+
 impl Pool {
     /// A pool for the origin `scheme://authority` (as parsed when the URL was compiled),
     /// empty until the first request.
@@ -133,9 +143,14 @@ impl Pool {
     ) -> Result<Answer, CallError> {
         let at = tokio::time::Instant::from_std(started + timeout);
         let late = || CallError::Timeout(timeout);
-        let mut resent = false;
+        // Why the request went out once more, when it did.
+        let mut resent: Option<String> = None;
         loop {
-            let idle = if resent { None } else { self.take(started) };
+            let idle = if resent.is_some() {
+                None
+            } else {
+                self.take(started)
+            };
             let (taken, reused) = match idle {
                 Some(taken) => (taken, true),
                 None => (
@@ -143,7 +158,8 @@ impl Pool {
                     // kilobytes, and would otherwise be part of every request's future.
                     tokio::time::timeout_at(at, Box::pin(self.connect()))
                         .await
-                        .map_err(|_| late())??,
+                        .map_err(|_| late())?
+                        .map_err(|err| told_resent(err, resent.as_deref()))?,
                     false,
                 ),
             };
@@ -158,19 +174,18 @@ impl Pool {
                             return Ok(answer);
                         }
                         None => return Err(late()),
-                        Some(Err(Failure::Failed(err))) => return Err(err),
+                        Some(Err(Failure::Failed(err))) => {
+                            return Err(told_resent(err, resent.as_deref()));
+                        }
                         Some(Err(Failure::NotTaken(reason))) => reason,
                         Some(Err(Failure::Unanswered(reason))) if reused => {
                             tracing::debug!(reason = %reason, "an idle upstream connection closed without answering; sending once more on a new one");
-                            resent = true;
+                            resent = Some(reason);
                             continue;
                         }
                         Some(Err(Failure::Unanswered(reason))) => {
-                            return Err(CallError::Unreachable(if resent {
-                                format!("{reason}, on a kept connection and again on a new one")
-                            } else {
-                                reason
-                            }));
+                            let err = CallError::Unreachable(reason);
+                            return Err(told_resent(err, resent.as_deref()));
                         }
                     }
                 }
@@ -186,9 +201,10 @@ impl Pool {
                 }
             };
             if !reused {
-                return Err(CallError::Unreachable(format!(
+                let err = CallError::Unreachable(format!(
                     "the upstream closed a new connection before taking the request: {not_taken}"
-                )));
+                ));
+                return Err(told_resent(err, resent.as_deref()));
             }
             tracing::debug!(reason = %not_taken, "an idle upstream connection was closed; trying another");
         }

@@ -371,53 +371,91 @@ async fn the_log_tells_each_event_once_with_unique_keys() {
     // A rotated secret is a change the log tells, naming the webhook and not the value.
     dir.file("token", "second-token-9d4e");
     reload().await;
-    let rotated = logged("reloaded", 1).await;
-    assert!(
-        rotated.iter().any(|line| line["fields"]["secrets_changed"]
+    let rotated = |line: &serde_json::Value| {
+        line["fields"]["secrets_changed"]
             .as_str()
-            .is_some_and(|names| names.contains("\"ok\""))),
+            .is_some_and(|names| names.contains("\"ok\""))
+    };
+    assert!(
+        waited_for(&process, "reloaded", rotated).await,
         "{}",
         process.log()
     );
     assert!(!process.log().contains("second-token-9d4e"));
 
     // A broken file is told once, however many reloads find it broken, and its repair is
-    // told too.
+    // told too; the log is in order, so once the repair is read, so is all before it.
     dir.file("webhooks.d/bad.toml", "company = \"acme\"\nurl = 7\n");
     reload().await;
-    assert_eq!(logged("webhook file error", 1).await.len(), 1);
-    let reloads = events(&process, "reloaded").len();
+    assert!(waited_for(&process, "webhook file error", |_| true).await);
     reload().await;
     reload().await;
+    std::fs::remove_file(dir.path().join("webhooks.d/bad.toml")).expect("remove");
+    reload().await;
+    let repaired = |line: &serde_json::Value| line["fields"]["problems_fixed"] == 1;
+    assert!(
+        waited_for(&process, "reloaded", repaired).await,
+        "{}",
+        process.log()
+    );
     assert_eq!(
         events(&process, "webhook file error").len(),
         1,
         "{}",
         process.log()
     );
-    std::fs::remove_file(dir.path().join("webhooks.d/bad.toml")).expect("remove");
-    reload().await;
-    let after = logged("reloaded", reloads + 1).await;
-    assert!(
-        after
-            .iter()
-            .any(|line| line["fields"]["problems_fixed"] == 1),
-        "{}",
-        process.log()
-    );
 
     // Every line is one object with unique keys: a repeated key would hide the event.
     for line in process.log().lines() {
-        let fields = line.split("\"fields\":{").nth(1).unwrap_or_default();
-        let fields = fields.split('}').next().unwrap_or_default();
-        let mut keys: Vec<&str> = fields
-            .split(',')
-            .filter_map(|pair| pair.split_once("\":").map(|(key, _)| key))
-            .collect();
-        let all = keys.len();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), all, "a key repeats in {line}");
+        let keys = serde_json::from_str::<Line>(line)
+            .expect("a JSON line")
+            .fields
+            .0;
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "a key repeats in {line}");
+    }
+}
+
+/// Waits until a line of the event `message` that `wanted` accepts has been logged.
+async fn waited_for(
+    process: &Process,
+    message: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        events(process, message).iter().any(&wanted)
+    })
+    .await
+}
+
+/// A JSON log line's `fields`, as the keys written, repeated ones included.
+#[derive(serde::Deserialize)]
+struct Line {
+    fields: Keys,
+}
+
+/// An object's keys in order, each as often as it is written.
+struct Keys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Keys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Keys, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(key);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 
@@ -452,4 +490,24 @@ async fn a_config_file_that_fails_counts_among_the_files_with_errors() {
     let url = format!("http://{}/-/reload", process.admin);
     send(http::Method::POST, &url, &[], Vec::new()).await;
     assert_eq!(gauge().await.as_deref(), Some("1"), "{}", process.log());
+
+    // Its problem is told once, however many reloads find it, and its repair is told.
+    send(http::Method::POST, &url, &[], Vec::new()).await;
+    send(http::Method::POST, &url, &[], Vec::new()).await;
+    dir.file(
+        "hookside.toml",
+        "[companies.acme]\ncaller_tokens = [\"t-2\"]\n",
+    );
+    send(http::Method::POST, &url, &[], Vec::new()).await;
+    assert_eq!(gauge().await.as_deref(), Some("0"), "{}", process.log());
+    let repaired = eventually(Duration::from_secs(5), || async {
+        process.log().contains("the config file loads again")
+    });
+    assert!(repaired.await, "{}", process.log());
+    assert_eq!(
+        process.log().matches("the config file fails").count(),
+        1,
+        "{}",
+        process.log()
+    );
 }

@@ -141,9 +141,10 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
     );
 }
 
-/// An upstream that answers `/orders/warm` after 200 ms and keeps the connection, and
-/// reads `/orders/drop` whole and closes without answering; each request it read is sent
-/// on `read` with its path, each connection it accepted on `accepted`.
+/// An upstream that answers `/orders/warm` once it has read eight of them (so that eight
+/// calls hold eight connections) and keeps the connection, and reads `/orders/drop` whole
+/// and closes without answering; each request it read is sent on `read` with its path,
+/// each connection it accepted on `accepted`.
 async fn dropping_upstream() -> (
     String,
     tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -153,10 +154,15 @@ async fn dropping_upstream() -> (
     let host = listener.local_addr().expect("addr").to_string();
     let (read, paths) = tokio::sync::mpsc::unbounded_channel();
     let (accepted, connections) = tokio::sync::mpsc::unbounded_channel();
+    let warm = std::sync::Arc::new((
+        std::sync::atomic::AtomicUsize::new(0),
+        tokio::sync::Notify::new(),
+    ));
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let _ = accepted.send(());
             let read = read.clone();
+            let warm = std::sync::Arc::clone(&warm);
             tokio::spawn(async move {
                 loop {
                     let mut head = Vec::new();
@@ -173,7 +179,17 @@ async fn dropping_upstream() -> (
                     if path == "/orders/drop" {
                         return;
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let (count, notify) = &*warm;
+                    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= 8 {
+                        notify.notify_waiters();
+                    }
+                    loop {
+                        let notified = notify.notified();
+                        if count.load(std::sync::atomic::Ordering::SeqCst) >= 8 {
+                            break;
+                        }
+                        notified.await;
+                    }
                     let body = br#"{"id": "w"}"#;
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -213,7 +229,9 @@ async fn a_get_the_upstream_reads_and_closes_on_goes_once_more_on_a_new_connecti
     crate::util::assert_error(&answer, 502, "upstream_unreachable");
     let message = answer.1["error"]["message"].as_str().expect("message");
     assert!(
-        message.contains("without answering, on a kept connection and again on a new one"),
+        message.contains(
+            "without answering on a kept connection; sent again on a new one: the upstream closed"
+        ),
         "{message}"
     );
     let sent: Vec<String> = std::iter::from_fn(|| paths.try_recv().ok()).collect();
