@@ -83,6 +83,29 @@ fn received(receiver: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> usize {
     std::iter::from_fn(|| receiver.try_recv().ok()).count()
 }
 
+/// A request's head read byte by byte (so nothing of the next is read), or `None` when the
+/// connection ends first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Answers 200 with the JSON `body`, keeping the connection.
+async fn write_json(stream: &mut tokio::net::TcpStream, body: &str) {
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+}
+
 /// An upstream that keeps each connection open for one answer and then, while it is idle,
 /// closes it (as servers with a short keep-alive timeout do).
 async fn closing_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
@@ -93,21 +116,10 @@ async fn closing_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>
         while let Ok((mut stream, _)) = listener.accept().await {
             let _ = accepted.send(());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
+                if read_head(&mut stream).await.is_none() {
+                    return;
                 }
-                let body = br#"{"id": "z"}"#;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-                let _ = stream.write_all(body).await;
+                write_json(&mut stream, r#"{"id": "z"}"#).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let _ = stream.shutdown().await;
             });
@@ -165,15 +177,9 @@ async fn dropping_upstream() -> (
             let warm = std::sync::Arc::clone(&warm);
             tokio::spawn(async move {
                 loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
                     let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
                     let _ = read.send(path.clone());
                     if path == "/orders/drop" {
@@ -190,13 +196,7 @@ async fn dropping_upstream() -> (
                         }
                         notified.await;
                     }
-                    let body = br#"{"id": "w"}"#;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = stream.write_all(answer.as_bytes()).await;
-                    let _ = stream.write_all(body).await;
+                    write_json(&mut stream, r#"{"id": "w"}"#).await;
                 }
             });
         }
