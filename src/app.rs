@@ -331,7 +331,7 @@ fn log_changes(
         // Ready and serving nothing: a ConfigMap mounted at another path, say.
         tracing::warn!(
             reason,
-            "no webhook is serving: no file of the directory loads"
+            "no webhook is serving: the directory has no webhook file, or none loads"
         );
     }
     let quiet = added.is_empty()

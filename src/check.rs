@@ -66,7 +66,8 @@ pub fn check(dir: &Path, settings: &Settings) -> Result<Report, LoadError> {
         let own = warnings.len();
         warnings.extend(coverage_warnings(webhook));
         for (at, warning) in warnings[before..].iter_mut().enumerate() {
-            if before + at >= own || warning.message.starts_with("context.") {
+            if before + at >= own || crate::config::compile::is_about_the_webhook(&warning.message)
+            {
                 crate::config::name_the_webhook(warning, &webhook.name, &webhook.source);
             }
         }

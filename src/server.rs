@@ -427,7 +427,7 @@ fn callable(state: &State, name: &str, token: Option<&str>) -> Result<Arc<Webhoo
     if let Err(err) = authorize(&snapshot, token, &served.webhook.company) {
         // Not counted in the metrics: the log is where a bot with a rotated-away token shows.
         tracing::warn!(
-            webhook = name, company = %served.webhook.company, kind = err.kind.as_str(),
+            webhook = %name, company = %served.webhook.company, kind = err.kind.as_str(),
             "caller refused"
         );
         return Err(err.for_webhook(name));

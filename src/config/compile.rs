@@ -747,6 +747,16 @@ fn watched_secrets(fields: &Fields) -> (Vec<secret::Watched>, Option<PathBuf>) {
     (watched, ca)
 }
 
+/// Whether a warning is about the webhook that extends the template where it is placed,
+/// rather than about the template itself: a context value its URL does not read, a
+/// credential its own (or missing) `type` does not send.
+pub fn is_about_the_webhook(message: &str) -> bool {
+    message.starts_with("context.") || message.contains(NOT_SENT)
+}
+
+/// What every warning of [`unused_credentials`] says.
+const NOT_SENT: &str = "is not sent";
+
 /// Warns of an `[auth]` credential that its type does not send: a token without a type
 /// sends nothing, silently. A warning, not an error: `type = "none"` beside its token is how
 /// auth is switched off for a while, and a file that loaded before must not stop serving. A
@@ -763,14 +773,14 @@ fn unused_credentials(auth: &AuthFields, kind: &str, file: &Location, sink: &mut
         let message = match &auth.kind {
             _ if kind == needs => continue,
             None => format!(
-                "auth.{key}: no auth.type is set, so nothing is sent; set type = {needs:?} to send it"
+                "auth.{key} {NOT_SENT}: no auth.type is set; set type = {needs:?} to send it"
             ),
             Some(_) if located.at.path != file.path => continue,
             Some(_) if kind == "none" => format!(
-                "auth.{key}: not used by auth type \"none\" (nothing is sent); remove it or set type = {needs:?}"
+                "auth.{key} {NOT_SENT}: auth type \"none\" sends nothing; remove it or set type = {needs:?}"
             ),
             Some(_) if matches!(kind, "basic" | "bearer") => {
-                format!("auth.{key}: not used by auth type {kind:?}; remove it")
+                format!("auth.{key} {NOT_SENT}: auth type {kind:?} does not use it; remove it")
             }
             Some(_) => continue,
         };
@@ -826,9 +836,20 @@ fn compile_auth(
         }
         other => {
             if let Some(k) = &auth.kind {
+                // The Webhook Builder's words: "Basic authentication", "No authentication".
+                let word = other.trim();
+                let word = word
+                    .get(..word.len().saturating_sub(" authentication".len()))
+                    .filter(|_| word.to_ascii_lowercase().ends_with(" authentication"))
+                    .unwrap_or(word);
+                let word = if word.eq_ignore_ascii_case("no") {
+                    "none"
+                } else {
+                    word
+                };
                 let known = ["none", "basic", "bearer"]
                     .into_iter()
-                    .find(|known| other.eq_ignore_ascii_case(known));
+                    .find(|known| word.eq_ignore_ascii_case(known));
                 sink.problems.push(k.problem(match known {
                     Some(known) => format!("auth.type: {other:?} is written {known:?}"),
                     None => format!(

@@ -16,9 +16,11 @@ const TEXT: &str = "text";
 const PATH: &str = "url-path";
 const QUERY: &str = "url-query";
 
-/// Instructions a single render or evaluation may spend: a loop over a huge array fails
-/// fast as a render error instead of holding a worker.
-const FUEL: u64 = 50_000;
+/// What a single render or evaluation may spend, in minijinja's fuel (one an instruction,
+/// one per 64 bytes made, one per 4 bytes of a value written as JSON): a loop over a huge
+/// array fails fast as a render error instead of holding the runtime (about 20 ms here at
+/// most), while `tojson` of a whole 1 MiB conversation fits.
+pub const FUEL: u64 = 500_000;
 
 /// The one template environment of the process. Its settings never change, so it is
 /// built once and compiled templates borrow it for `'static` (no per-snapshot copies of
@@ -54,6 +56,15 @@ fn python_method(
     method: &str,
     args: &[Value],
 ) -> Result<Value, minijinja::Error> {
+    // Undefined lookups chain, and null prints as nothing: so do their methods, and
+    // `.get(key, default)` gives the default (`customVariables.get('lang', 'en')` on a
+    // first turn, before any Custom Variable).
+    if value.is_undefined() || value.is_none() {
+        return Ok(match (method, args) {
+            ("get", [_, default]) => default.clone(),
+            _ => Value::UNDEFINED,
+        });
+    }
     if method == "format" && value.kind() == ValueKind::String {
         return Err(minijinja::Error::new(
             minijinja::ErrorKind::UnknownMethod,
@@ -232,6 +243,15 @@ fn format_value(
 
 /// A template error as one line, without source dumps or values.
 fn describe(err: &minijinja::Error) -> String {
+    if err.kind() == minijinja::ErrorKind::OutOfFuel {
+        return format!(
+            "the template ran out of its work budget ({FUEL} fuel: a loop too long, or a \
+             value of megabytes through a filter or tojson){}",
+            err.line()
+                .map(|line| format!(" (template line {line})"))
+                .unwrap_or_default()
+        );
+    }
     let mut message = err.kind().to_string();
     if let Some(detail) = err.detail() {
         message.push_str(": ");

@@ -863,6 +863,9 @@ l = "plain"
             ("{{ reply | truncate(9, true) }}", "Hello ..."),
             ("{{ reply | truncate(length=9, end='~') }}", "Hello~"),
             ("{{ customVariables.values() }}", "[\"gold\",true]"),
+            // Methods of what is not there chain as lookups do; `get` gives its default.
+            ("{{ nothing.get('lang', 'en') }}", "en"),
+            ("{{ nothing.upper() }}-{{ nothing.get('x') }}", "-"),
             (
                 "{{ customVariables.keys() | reverse }}",
                 "[\"vip\",\"tier\"]",

@@ -273,6 +273,10 @@ impl Conn {
                 }
             }
             let closed = match self.fill(READ_SIZE).await {
+                Ok(0) if received => {
+                    "the upstream closed the connection in the middle of its answer's head"
+                        .to_owned()
+                }
                 Ok(0) => "the upstream closed the connection without answering".to_owned(),
                 Ok(_) => continue,
                 Err(err) => format!("reading the response failed: {err}"),

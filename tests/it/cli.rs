@@ -1054,11 +1054,11 @@ fn check_warns_of_credentials_that_the_auth_type_would_not_send() {
     assert_lines(
         &out,
         &[
-            "no-type.toml:4:9: warning: auth.token: no auth.type is set, so nothing is sent; set type = \"bearer\" to send it",
-            "none.toml:5:12: warning: auth.username: not used by auth type \"none\" (nothing is sent); remove it or set type = \"basic\"",
-            "basic.toml:7:9: warning: auth.token: not used by auth type \"basic\"; remove it",
-            "t2.toml:6:9: warning: auth.token: no auth.type is set, so nothing is sent; set type = \"bearer\" to send it",
-            "own.toml:3:9: warning: auth.token: not used by auth type \"none\" (nothing is sent); remove it or set type = \"bearer\"",
+            "no-type.toml:4:9: warning: auth.token is not sent: no auth.type is set; set type = \"bearer\" to send it",
+            "none.toml:5:12: warning: auth.username is not sent: auth type \"none\" sends nothing; remove it or set type = \"basic\"",
+            "basic.toml:7:9: warning: auth.token is not sent: auth type \"basic\" does not use it; remove it",
+            "t2.toml:6:9: warning: auth.token is not sent: no auth.type is set; set type = \"bearer\" to send it (for webhook \"untyped\" of ",
+            "own.toml:3:9: warning: auth.token is not sent: auth type \"none\" sends nothing; remove it or set type = \"bearer\"",
         ],
     );
 }
@@ -1074,6 +1074,7 @@ fn check_says_how_to_write_the_webhook_builders_words_and_values_of_the_wrong_ty
         ("auth-case", "[auth]\ntype = \"Bearer\"\ntoken = \"t\""),
         ("response-type", "response_type = \"JSON\""),
         ("execution", "execution = \"Synchronous\""),
+        ("auth-words", "[auth]\ntype = \"No authentication\""),
         (
             "mapper",
             "[variables]\nc = \"{{ response.a }} and {{ response.b }}\"",
@@ -1093,6 +1094,7 @@ fn check_says_how_to_write_the_webhook_builders_words_and_values_of_the_wrong_ty
             "auth-case.toml:4:8: auth.type: \"Bearer\" is written \"bearer\"",
             "response-type.toml:3:17: response_type: \"JSON\" is written \"json\"",
             "execution.toml:3:13: execution: \"Synchronous\" is written \"sync\"",
+            "auth-words.toml:4:8: auth.type: \"No authentication\" is written \"none\"",
             "mapper.toml:4:5: variables.c: a variable is one expression, bare or in one {{ }}; to join values and text, write them in one: {{ response.a ~ ' and ' ~ response.b }}",
         ],
     );

@@ -241,7 +241,7 @@ async fn the_kubernetes_manifests_match_the_binary() {
     let empty = eventually(Duration::from_secs(5), || async {
         !events(
             &process,
-            "no webhook is serving: no file of the directory loads",
+            "no webhook is serving: the directory has no webhook file, or none loads",
         )
         .is_empty()
     });
