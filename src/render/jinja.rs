@@ -18,9 +18,9 @@ const QUERY: &str = "url-query";
 
 /// What a single render or evaluation may spend, in minijinja's fuel (one an instruction,
 /// one per 64 bytes made, one per 4 bytes of a value written as JSON): a loop over a huge
-/// array fails fast as a render error instead of holding the runtime (about 20 ms here at
+/// array fails fast as a render error instead of holding the runtime (about 10 ms here at
 /// most), while `tojson` of a whole 1 MiB conversation fits.
-pub const FUEL: u64 = 500_000;
+const FUEL: u64 = 500_000;
 
 /// The one template environment of the process. Its settings never change, so it is
 /// built once and compiled templates borrow it for `'static` (no per-snapshot copies of
