@@ -699,6 +699,16 @@ async fn exit_code(process: &mut Process, within: Duration, why: &str) -> Option
     }
 }
 
+/// hookside serving one webhook, `name`, that calls `upstream` (with `extra` fields).
+fn serving_one(dir: &Dir, name: &str, upstream: &Upstream, extra: &str) -> Process {
+    let args = setup(dir, "");
+    dir.file(
+        &format!("webhooks.d/{name}.toml"),
+        &webhook(&format!("http://{}/", upstream.host()), extra),
+    );
+    start(dir, &args)
+}
+
 fn signal(process: &Process, name: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{name}"), &process.child.id().to_string()])
@@ -714,12 +724,7 @@ async fn sigterm_lets_in_flight_calls_finish_and_exits_zero() {
     )
     .await;
     let dir = Dir::new();
-    let args = setup(&dir, "");
-    dir.file(
-        "webhooks.d/slow.toml",
-        &webhook(&format!("http://{}/", upstream.host()), ""),
-    );
-    let mut process = start(&dir, &args);
+    let mut process = serving_one(&dir, "slow", &upstream, "");
     let bot = process.bot;
     let in_flight = tokio::spawn(async move {
         let auth = format!("Bearer {CANARY}");
@@ -761,12 +766,7 @@ async fn sigterm_waits_for_a_call_whose_caller_went_away() {
     let upstream =
         Upstream::fixed(Reply::raw(200, "not json").delayed(Duration::from_millis(1500))).await;
     let dir = Dir::new();
-    let args = setup(&dir, "");
-    dir.file(
-        "webhooks.d/slow.toml",
-        &webhook(&format!("http://{}/", upstream.host()), ""),
-    );
-    let mut process = start(&dir, &args);
+    let mut process = serving_one(&dir, "slow", &upstream, "");
     let started = Instant::now();
     let mut client = TcpStream::connect(process.bot).expect("connect");
     client
@@ -806,15 +806,7 @@ async fn a_second_signal_exits_at_once() {
     let upstream =
         Upstream::fixed(Reply::json(200, json!({})).delayed(Duration::from_secs(20))).await;
     let dir = Dir::new();
-    let args = setup(&dir, "");
-    dir.file(
-        "webhooks.d/stuck.toml",
-        &webhook(
-            &format!("http://{}/", upstream.host()),
-            "timeout = \"60s\"\n",
-        ),
-    );
-    let mut process = start(&dir, &args);
+    let mut process = serving_one(&dir, "stuck", &upstream, "timeout = \"60s\"\n");
     let bot = process.bot;
     let _stuck = tokio::spawn(async move {
         let auth = format!("Bearer {CANARY}");
