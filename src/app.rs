@@ -179,6 +179,9 @@ pub async fn reload(state: &State, reason: &str) {
     let duration = started.elapsed();
     let next = match result {
         Ok(loaded) => {
+            if previous.dir_error.is_some() {
+                tracing::info!(reason, dir = %state.dir.display(), "the webhook directory reads again");
+            }
             log_changes(previous.loaded.as_ref(), &loaded, reason, duration);
             warn_open_case_variants(&previous, &loaded, &companies);
             update_series(&state.metrics, previous.loaded.as_ref(), &loaded);
@@ -192,6 +195,7 @@ pub async fn reload(state: &State, reason: &str) {
                 loaded: Some(loaded),
                 companies,
                 config_problems,
+                dir_error: None,
                 revision: previous.revision + 1,
                 last_reload: Some(ReloadOutcome {
                     at: SystemTime::now(),
@@ -202,7 +206,11 @@ pub async fn reload(state: &State, reason: &str) {
             }
         }
         Err(err) => {
-            tracing::error!(reason, error = %err, "reload failed; keeping what serves");
+            // Once per error: a missing directory is retried every second until it loads.
+            let dir_error = err.to_string();
+            if previous.dir_error.as_ref() != Some(&dir_error) {
+                tracing::error!(reason, error = %err, "reload failed; keeping what serves");
+            }
             let (webhooks, failed) = previous
                 .loaded
                 .as_ref()
@@ -213,6 +221,7 @@ pub async fn reload(state: &State, reason: &str) {
                 loaded: previous.loaded.clone(),
                 companies,
                 config_problems,
+                dir_error: Some(dir_error),
                 revision: previous.revision + 1,
                 last_reload: Some(ReloadOutcome {
                     at: SystemTime::now(),

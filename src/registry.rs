@@ -26,6 +26,9 @@ pub struct Snapshot {
     /// The config file's problems at the last reload (empty when it loaded, or when there is
     /// none), to log each once and its repair.
     pub config_problems: Vec<String>,
+    /// Why the directory could not be read at the last reload (`None` when it could), to
+    /// log the error once and its repair, not at every retry.
+    pub dir_error: Option<String>,
 }
 
 /// What the last reload did.

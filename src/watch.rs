@@ -131,7 +131,11 @@ fn run(
             last_check = Instant::now();
             let now = identify(dir);
             if now != identity {
-                tracing::info!(dir = %dir.display(), "the directory was replaced or appeared; re-arming the watch");
+                if now.is_none() {
+                    tracing::info!(dir = %dir.display(), "the directory is gone; watching for it to come back");
+                } else {
+                    tracing::info!(dir = %dir.display(), "the directory was replaced or appeared; re-arming the watch");
+                }
                 identity = now;
                 drop(watcher);
                 watcher = arm(dir, &mut mode, &tx, polling);

@@ -511,3 +511,52 @@ async fn a_config_file_that_fails_counts_among_the_files_with_errors() {
         process.log()
     );
 }
+
+#[tokio::test]
+async fn a_directory_that_cannot_be_read_is_told_once_and_its_return_is_told() {
+    let dir = Dir::new();
+    let webhooks = dir.path().join("webhooks.d");
+    let process = Process::serve(&webhooks, &["--log-format", "json"], &[]);
+    let url = format!("http://{}/-/reload", process.admin);
+    let back = "the webhook directory reads again";
+    // Counted once the line that follows them has been read: the log is read by a thread.
+    let count_once_back = |message: &'static str, times: usize| {
+        let process = &process;
+        async move {
+            let told = eventually(Duration::from_secs(5), || async {
+                events(process, back).len() >= times
+            });
+            assert!(told.await, "{}", process.log());
+            events(process, message).len()
+        }
+    };
+    let failed = "reload failed; keeping what serves";
+    let webhook = "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n";
+    // Retried every second while nothing has loaded, and at every asked reload.
+    for _ in 0..3 {
+        send(http::Method::POST, &url, &[], Vec::new()).await;
+    }
+    dir.file("webhooks.d/w.toml", webhook);
+    send(http::Method::POST, &url, &[], Vec::new()).await;
+    assert_eq!(count_once_back(failed, 1).await, 1, "{}", process.log());
+    let ready = get(&format!("http://{}/readyz", process.admin)).await.0;
+    assert_eq!(ready, 200, "{}", process.log());
+
+    // Gone again: told again, once; what served still serves.
+    std::fs::remove_dir_all(&webhooks).expect("remove");
+    for _ in 0..3 {
+        send(http::Method::POST, &url, &[], Vec::new()).await;
+    }
+    let (status, _, _) = send(
+        http::Method::POST,
+        &format!("http://{}/v1/webhooks/w", process.bot),
+        &[],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 502, "the webhook that served is still served");
+    dir.file("webhooks.d/w.toml", webhook);
+    send(http::Method::POST, &url, &[], Vec::new()).await;
+    assert_eq!(count_once_back(failed, 2).await, 2, "{}", process.log());
+    assert_eq!(events(&process, back).len(), 2, "{}", process.log());
+}
