@@ -294,22 +294,31 @@ impl Report {
         let files_with_problems: BTreeSet<_> = self.problems.iter().map(|p| &p.path).collect();
         if self.ok {
             out.push_str(&format!(
-                "ok: {} files, {} webhooks, {} examples passed, {} warnings\n",
-                self.files,
-                self.webhooks,
-                self.examples,
-                self.warnings.len()
+                "ok: {}, {}, {} passed, {}\n",
+                counted(self.files, "file"),
+                counted(self.webhooks, "webhook"),
+                counted(self.examples, "example"),
+                counted(self.warnings.len(), "warning")
             ));
         } else {
             out.push_str(&format!(
-                "{} problems in {} files ({} files, {} webhooks loaded, {} examples run)\n",
-                self.problems.len(),
-                files_with_problems.len(),
-                self.files,
-                self.webhooks,
-                self.examples
+                "{} in {} ({}, {} loaded, {} run)\n",
+                counted(self.problems.len(), "problem"),
+                counted(files_with_problems.len(), "file"),
+                counted(self.files, "file"),
+                counted(self.webhooks, "webhook"),
+                counted(self.examples, "example")
             ));
         }
         out
+    }
+}
+
+/// `1 file`, `2 files`.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }

@@ -178,21 +178,34 @@ fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>, format: F
         Some(path) => config::Settings::load_for_check(path),
         None => Ok((config::Settings::default(), Vec::new())),
     };
-    let report = match settings {
-        Err(problems) => failed(problems),
-        Ok((settings, config_warnings)) => match hookside::check::check(dir, &settings) {
-            Ok(mut report) => {
-                report.warnings.splice(0..0, config_warnings);
-                report
-            }
-            Err(err) => failed(vec![Problem {
-                path: dir.to_path_buf(),
+    // A config file that fails is reported, and the webhooks are still checked, with the
+    // default settings (and said so): CI shows every problem at once.
+    let (settings, config_problems, config_warnings) = match (settings, config_path) {
+        (Ok((settings, warnings)), _) => (settings, Vec::new(), warnings),
+        (Err(problems), path) => {
+            let note = Problem {
+                path: path.map(std::path::Path::to_path_buf).unwrap_or_default(),
                 line: None,
                 column: None,
-                message: err.to_string(),
-            }]),
-        },
+                message: "the webhooks were checked with the default settings, as this \
+                          config file fails"
+                    .to_owned(),
+            };
+            (config::Settings::default(), problems, vec![note])
+        }
     };
+    let mut report = match hookside::check::check(dir, &settings) {
+        Ok(report) => report,
+        Err(err) => failed(vec![Problem {
+            path: dir.to_path_buf(),
+            line: None,
+            column: None,
+            message: err.to_string(),
+        }]),
+    };
+    report.ok &= config_problems.is_empty();
+    report.problems.splice(0..0, config_problems);
+    report.warnings.splice(0..0, config_warnings);
     match format {
         Format::Text => print!("{}", report.to_text()),
         Format::Json => println!(

@@ -201,7 +201,7 @@ fn check_passes_the_shipped_samples_and_each_has_an_example() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         text(&output).trim(),
-        "ok: 1 files, 1 webhooks, 0 examples passed, 0 warnings"
+        "ok: 1 file, 1 webhook, 0 examples passed, 0 warnings"
     );
 }
 
@@ -589,6 +589,36 @@ fn check_answers_in_json_even_when_the_config_or_the_directory_fails() {
 }
 
 #[test]
+fn a_config_file_that_fails_hides_no_problem_of_the_webhook_files() {
+    let dir = Dir::new();
+    let config = dir.file("hookside.toml", "[limits]\nmax_connections = 0\n");
+    dir.file(
+        "webhooks.d/good.toml",
+        "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n",
+    );
+    dir.file(
+        "webhooks.d/bad.toml",
+        "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\nmetod = \"GET\"\n",
+    );
+    let output = check_with_config(&dir, &config);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("hookside.toml:2:19: limits.max_connections: must be more than 0"),
+        "{out}"
+    );
+    assert!(out.contains("bad.toml:3:1: unknown field `metod`"), "{out}");
+    assert!(
+        out.contains("hookside.toml: warning: the webhooks were checked with the default settings"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 problems in 2 files (2 files, 1 webhook loaded, 0 examples run)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_warns_of_a_company_named_in_another_case_than_the_config_file() {
     let dir = Dir::new();
     let config = dir.file(
@@ -648,7 +678,7 @@ fn check_warns_of_caller_tokens_not_set_where_it_runs() {
     // The webhooks were checked: the broken JSONPath fails the check, nothing else does.
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(out.contains("w.toml:4:5: "), "{out}");
-    assert!(out.contains("1 problems in 1 files (2 files"), "{out}");
+    assert!(out.contains("1 problem in 1 file (2 files"), "{out}");
     // `run` checks no caller: the unset token does not stop it either.
     let webhooks = dir.path().join("webhooks.d");
     let run = [
