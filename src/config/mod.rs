@@ -307,6 +307,23 @@ pub fn load(
                 ))]
             })
             .and_then(|(chain, revision)| {
+                // A template that fails is not used at all, not even by a webhook that
+                // overrides what fails: its new text must not half-serve.
+                let broken = chain
+                    .iter()
+                    .map(|&parent| files[entries[parent].0].path.as_path())
+                    .find(|template| {
+                        of_templates
+                            .get(template)
+                            .is_some_and(|own| !own.is_empty())
+                    });
+                if let (Some(template), Some(extends)) = (broken, &parsed.extends) {
+                    return Err(vec![extends.problem(format!(
+                        "extends: template {:?} does not load; see {}",
+                        extends.value,
+                        template.display()
+                    ))]);
+                }
                 let reusable = previous
                     .and_then(|p| p.webhooks.get(&parsed.name.value))
                     .filter(|old| {
@@ -329,14 +346,9 @@ pub fn load(
                         fields = fields.inherit(&parent.fields);
                     }
                 }
-                let templates: Vec<&[Problem]> = chain
-                    .iter()
-                    .filter_map(|&parent| of_templates.get(files[entries[parent].0].path.as_path()))
-                    .copied()
-                    .collect();
                 compile::compile(&def, &fields, revision, settings, upstream)
                     .map(Arc::new)
-                    .map_err(|problems| inherited(problems, parsed, path, &templates))
+                    .map_err(|problems| inherited(problems, parsed, path))
             });
         match outcome {
             Ok(webhook) => {
@@ -514,48 +526,21 @@ fn template_problems(
     }
 }
 
-/// A webhook's compile problems, as its file shows them. One that a template it extends
-/// has on its own (`templates`: their problems) is that template's: the webhook learns only
-/// that the template does not load. Any other problem located in a template comes from
-/// this webhook's use of it (a `context` value it does not define, an `[auth]` beside the
-/// template's `Authorization`, an example it breaks by overriding a variable): it names the
-/// webhook, where the line is the template's.
-fn inherited(
-    problems: Vec<Problem>,
-    parsed: &Parsed,
-    path: &Path,
-    templates: &[&[Problem]],
-) -> Vec<Problem> {
-    let mut shown = Vec::new();
-    let mut broken_templates = Vec::new();
-    for mut problem in problems {
-        // A merged `[body]` is located in the extending file: its leaves are told apart
-        // by their path in the message (`body.a: ...`).
-        let of_template = templates.iter().flat_map(|own| own.iter()).find(|own| {
-            **own == problem
-                || (problem.message.starts_with("body") && own.message == problem.message)
-        });
-        if let Some(own) = of_template {
-            if !broken_templates.contains(&own.path) {
-                broken_templates.push(own.path.clone());
+/// A webhook's compile problems, as its file shows them (the templates it extends have
+/// none of their own: a webhook extending one that fails is not compiled). A problem
+/// located in a template comes from this webhook's use of it (a `context` value it does
+/// not define, an `[auth]` beside the template's `Authorization`, an example it breaks by
+/// overriding a variable): it names the webhook, where the line is the template's.
+fn inherited(problems: Vec<Problem>, parsed: &Parsed, path: &Path) -> Vec<Problem> {
+    problems
+        .into_iter()
+        .map(|mut problem| {
+            if problem.path != path {
+                name_the_webhook(&mut problem, &parsed.name.value, path);
             }
-        } else if problem.path == path {
-            shown.push(problem);
-        } else {
-            name_the_webhook(&mut problem, &parsed.name.value, path);
-            shown.push(problem);
-        }
-    }
-    if let Some(extends) = &parsed.extends {
-        for template in broken_templates {
-            shown.push(extends.problem(format!(
-                "extends: template {:?} does not load; see {}",
-                extends.value,
-                template.display()
-            )));
-        }
-    }
-    shown
+            problem
+        })
+        .collect()
 }
 
 /// Names the webhook `name` of file `path` in a problem that is located in a template it

@@ -293,6 +293,52 @@ async fn a_template_edit_reaches_its_dependents_and_a_broken_template_keeps_them
 }
 
 #[tokio::test]
+async fn a_template_that_fails_serves_none_of_its_new_text_even_where_overridden() {
+    let upstream = echo().await;
+    let dir = Dir::new();
+    let template = |version: &str, timeout: &str| {
+        format!(
+            "kind = \"template\"\nname = \"base\"\ncompany = \"acme\"\ntimeout = \"{timeout}\"\nurl = \"http://{}/v{version}\"\n",
+            upstream.host()
+        )
+    };
+    dir.file("base.toml", &template("1", "2s"));
+    dir.file("plain.toml", "extends = \"base\"\n");
+    dir.file("own.toml", "extends = \"base\"\ntimeout = \"1s\"\n");
+    let hookside = watching(&dir).await;
+    assert_eq!(path_of(&hookside, "own").await, "/v1");
+    // The template's new URL comes with a timeout that fails: `own` overrides the
+    // timeout, yet the new URL must not reach it.
+    dir.file("base.toml", &template("2", "3x"));
+    for name in ["plain", "own"] {
+        let stale = eventually(SOON, || async {
+            state_of(&hookside, name).await == "stale"
+        });
+        assert!(stale.await, "{name} keeps its last good version");
+        assert_eq!(path_of(&hookside, name).await, "/v1", "{name}");
+    }
+    let (_, config) = hookside.admin_get("/-/config").await;
+    let own = config["files"]
+        .as_array()
+        .and_then(|files| {
+            files
+                .iter()
+                .find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("own.toml")))
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        own["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("extends: template \"base\" does not load; see")),
+        "{config}"
+    );
+    dir.file("base.toml", &template("3", "2s"));
+    assert!(serves(&hookside, "own", "/v3").await);
+    assert!(serves(&hookside, "plain", "/v3").await);
+}
+
+#[tokio::test]
 async fn a_rotated_secret_file_takes_effect_without_a_restart() {
     let upstream =
         Upstream::start(|seen| Reply::json(200, json!({"auth": seen.header("authorization")})))
