@@ -114,19 +114,63 @@ fn split(
     let mut rest = raw;
     while let Some(start) = find_reference(rest) {
         if start > 0 {
+            not_a_lookalike(&rest[..start])?;
             pieces.push(Piece::Text(rest[..start].to_owned()));
         }
         let after = &rest[start + 2..];
         let end = after
             .find('}')
             .ok_or_else(|| format!("unterminated secret reference `{}`", &rest[start..]))?;
-        pieces.push(Piece::Secret(resolve(&after[..end])?));
+        let reference = &after[..end];
+        if reference.ends_with(':') {
+            return Err(format!(
+                "secret reference `${{{reference}}}` names nothing: write `${{env:NAME}}` or `${{file:PATH}}`"
+            ));
+        }
+        pieces.push(Piece::Secret(resolve(reference)?));
         rest = &after[end + 1..];
     }
     if !rest.is_empty() {
+        not_a_lookalike(rest)?;
         pieces.push(Piece::Text(rest.to_owned()));
     }
     Ok(pieces)
+}
+
+/// Refuses text that looks like a secret reference but is not one (`${ENV:TOKEN}`,
+/// `${ env:TOKEN }`, `${secret:TOKEN}`, a shell's `${TOKEN}`): it would be sent as written,
+/// a wrong credential that nothing shows. Text that only contains `${` (a Jinja string
+/// `{{ "${" }}`) is left alone: a word must follow it, then `:` or `}`.
+fn not_a_lookalike(text: &str) -> Result<(), String> {
+    for (at, _) in text.match_indices("${") {
+        let inside = &text[at + 2..];
+        let word_start = inside.len() - inside.trim_start().len();
+        let word_len = inside[word_start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(inside.len() - word_start);
+        let word = &inside[word_start..word_start + word_len];
+        let after = inside[word_start + word_len..].trim_start();
+        if word.is_empty() || !(after.starts_with(':') || after.starts_with('}')) {
+            continue;
+        }
+        let written = inside.find('}').map_or(inside, |end| &inside[..end]);
+        let hint = match after.strip_prefix(':') {
+            Some(name) if ["env", "file"].contains(&word.to_ascii_lowercase().as_str()) => {
+                format!(
+                    "did you mean `${{{}:{}}}`?",
+                    word.to_ascii_lowercase(),
+                    name.split('}').next().unwrap_or_default().trim()
+                )
+            }
+            Some(_) => "a secret comes from `${env:NAME}` or `${file:PATH}`".to_owned(),
+            None => format!("did you mean `${{env:{word}}}`?"),
+        };
+        return Err(format!(
+            "`${{{written}}}` is not a secret reference and would be sent as written: {hint} \
+             (lowercase, no spaces)"
+        ));
+    }
+    Ok(())
 }
 
 /// Joins pieces into the value to send (secrets in clear).
@@ -219,6 +263,36 @@ mod tests {
         assert_eq!(reveal(&pieces), "Key s3cr3t!");
         assert_eq!(redact(&pieces), "Key ***!");
         assert!(!format!("{pieces:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn lookalikes_and_empty_references_are_refused_with_a_hint() {
+        let base = Path::new(".");
+        for (raw, hint) in [
+            (
+                "Bearer ${ENV:ACME_TOKEN}",
+                "did you mean `${env:ACME_TOKEN}`?",
+            ),
+            ("${ env:HOME }", "did you mean `${env:HOME}`?"),
+            ("${File:key}x", "did you mean `${file:key}`?"),
+            ("k-${ACME_KEY}", "did you mean `${env:ACME_KEY}`?"),
+            (
+                "${secret:X}",
+                "a secret comes from `${env:NAME}` or `${file:PATH}`",
+            ),
+            ("${env:}", "names nothing"),
+            ("${file:}", "names nothing"),
+            (
+                "${env:HOOKSIDE_TEST_SURELY_UNSET} ${Env:B}",
+                "did you mean `${env:B}`?",
+            ),
+        ] {
+            let err = resolve_or_placeholder(raw, base).unwrap_err();
+            assert!(err.contains(hint), "{raw}: {err}");
+        }
+        for fine in ["{{ \"${\" }}", "$ {x}", "${", "price: $5", "${ }"] {
+            assert!(resolve(fine, base).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -589,6 +589,28 @@ fn check_answers_in_json_even_when_the_config_or_the_directory_fails() {
 }
 
 #[test]
+fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${ENV:ACME_TOKEN}\"\n[headers]\nX-Key = \"${ACME_KEY}\"\n",
+    );
+    let output = hookside(
+        &["check", "--dir", dir.path().to_str().expect("utf-8")],
+        &[("ACME_TOKEN", "t-1"), ("ACME_KEY", "k-1")],
+    );
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_lines(
+        &out,
+        &[
+            "w.toml:5:9: auth.token: `${ENV:ACME_TOKEN}` is not a secret reference and would be sent as written: did you mean `${env:ACME_TOKEN}`?",
+            "w.toml:7:9: headers.x-key: `${ACME_KEY}` is not a secret reference and would be sent as written: did you mean `${env:ACME_KEY}`?",
+        ],
+    );
+}
+
+#[test]
 fn a_config_file_that_fails_hides_no_problem_of_the_webhook_files() {
     let dir = Dir::new();
     let config = dir.file("hookside.toml", "[limits]\nmax_connections = 0\n");
