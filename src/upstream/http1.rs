@@ -11,8 +11,8 @@
 //! and headers (interim 1xx answers skipped), then a body framed by `Content-Length`, by
 //! `Transfer-Encoding: chunked` (trailers read and dropped) or by the end of the
 //! connection, or no body at all (HEAD, 204, 304). A connection is kept for the next
-//! request only when the answer was framed, read to its last byte, and neither side asked
-//! to close it.
+//! request only when the answer was framed, read to its last byte, did not declare a body
+//! it cannot have, and neither side asked to close it.
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -172,6 +172,10 @@ impl Conn {
             && keep_alive(&head)
             // Never after an answer with both a chunked coding and a length.
             && (head.chunked.is_none() || matches!(head.length, Ok(None)))
+            // Nor after one that has no body but declares one (HEAD, 204, 304 with a
+            // length or a coding): a server that sends that body anyway would have it
+            // read as the next call's answer.
+            && !(framing == Framing::Empty && head.declares_a_body())
             && self.read.is_empty();
         // A large body's allocation would stay with the idle connection (the empty rest of
         // the read buffer shares it), as would a large request's: start small again.
@@ -443,6 +447,11 @@ impl Conn {
 }
 
 impl Head {
+    /// Whether the head announces a body, by a length above 0 or a transfer coding.
+    fn declares_a_body(&self) -> bool {
+        self.chunked.is_some() || !matches!(self.length, Ok(None | Some(0)))
+    }
+
     /// Notes what framing and keep-alive need of one field.
     fn note(&mut self, field: &httparse::Header<'_>) {
         let tokens = || field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);

@@ -133,6 +133,40 @@ async fn upstream_failures_are_502_and_504() {
 }
 
 #[tokio::test]
+async fn a_body_of_only_whitespace_is_null_and_anything_more_is_json_or_a_502() {
+    let blank = Upstream::fixed(Reply::raw(200, " \r\n\t\n")).await;
+    let trailing = Upstream::fixed(Reply::raw(200, "{\"a\": 1}\n\n")).await;
+    let stray = Upstream::fixed(Reply::raw(200, "\n.\n")).await;
+    let dir = Dir::new();
+    simple(&dir, "blank", &format!("http://{}/", blank.host()), "");
+    simple(
+        &dir,
+        "trailing",
+        &format!("http://{}/", trailing.host()),
+        "",
+    );
+    simple(&dir, "stray", &format!("http://{}/", stray.host()), "");
+    let hookside = Hookside::start(dir.path()).await;
+    let (status, answer) = hookside.invoke("blank", json!({})).await;
+    assert_eq!(
+        (status.as_u16(), &answer["response"]),
+        (200, &json!(null)),
+        "{answer}"
+    );
+    let (status, answer) = hookside.invoke("trailing", json!({})).await;
+    assert_eq!(
+        (status.as_u16(), &answer["response"]),
+        (200, &json!({"a": 1})),
+        "{answer}"
+    );
+    assert_error(
+        &hookside.invoke("stray", json!({})).await,
+        502,
+        "upstream_invalid_response",
+    );
+}
+
+#[tokio::test]
 async fn the_timeout_covers_a_body_that_drips() {
     // Headers come at once, the body never finishes: only a whole-exchange timeout ends it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
