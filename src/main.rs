@@ -155,12 +155,26 @@ fn main() -> ExitCode {
         ),
         Command::Schema => {
             let schema = hookside::config::raw::schema();
-            println!(
-                "{}",
+            emit(&format!(
+                "{}\n",
                 serde_json::to_string_pretty(&schema).unwrap_or_default()
-            );
+            ));
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Writes a command's output to stdout. A reader that went away (`| head`, `| true`) is
+/// not an error: the exit code still tells the result. Any other failure to write is.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("hookside: cannot write the output: {err}");
+            std::process::exit(2);
+        }
+        _ => {}
     }
 }
 
@@ -207,11 +221,11 @@ fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>, format: F
     report.problems.splice(0..0, config_problems);
     report.warnings.splice(0..0, config_warnings);
     match format {
-        Format::Text => print!("{}", report.to_text()),
-        Format::Json => println!(
-            "{}",
+        Format::Text => emit(&report.to_text()),
+        Format::Json => emit(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&report).unwrap_or_default()
-        ),
+        )),
     }
     if report.ok {
         ExitCode::SUCCESS
@@ -315,12 +329,12 @@ fn run(
         settings.max_response_body,
     ));
     if json {
-        println!(
-            "{}",
+        emit(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&result.to_json()).unwrap_or_default()
-        );
+        ));
     } else {
-        print!("{}", result.to_text());
+        emit(&result.to_text());
     }
     if result.succeeded() {
         ExitCode::SUCCESS

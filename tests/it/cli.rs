@@ -589,6 +589,26 @@ fn check_answers_in_json_even_when_the_config_or_the_directory_fails() {
 }
 
 #[test]
+fn output_to_a_reader_that_went_away_is_no_panic_and_keeps_the_exit_code() {
+    let broken = fixtures().join("broken");
+    for (args, code) in [
+        (vec!["schema"], 0),
+        (vec!["check", "--dir", broken.to_str().expect("utf-8")], 1),
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_hookside"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run hookside");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
     let dir = Dir::new();
     dir.file(
