@@ -145,7 +145,8 @@ pub fn render_request(
         } else if show {
             shown_headers.push((
                 name.to_string(),
-                value.to_str().unwrap_or_default().to_owned(),
+                // As sent: text beyond ASCII goes as its UTF-8 bytes.
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
             ));
         }
         headers.push((name.clone(), value));

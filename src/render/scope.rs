@@ -193,13 +193,15 @@ fn indexed_text(data: Data<'_>, key: Option<&str>, steps: &[Step]) -> Option<Jso
         .find_map(|at| index_text(data.find(key, &steps[..at])?, &steps[at..]))
 }
 
-/// Response headers as a JSON object by lower-case name (the last value of a repeated one).
+/// Response headers as a JSON object by lower-case name (the last value of a repeated one);
+/// a value beyond ASCII is read as UTF-8 (a byte that is not, as U+FFFD).
 fn headers_json(headers: &http::HeaderMap) -> Json {
     Json::Object(
         headers
             .iter()
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), Json::from(value.to_str().ok()?)))
+            .map(|(name, value)| {
+                let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), Json::from(text))
             })
             .collect(),
     )

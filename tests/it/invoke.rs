@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::util::{Dir, Hookside, Reply, Upstream, assert_error};
+use crate::util::{Dir, Hookside, Reply, Upstream, assert_error, send};
 
 fn webhook(upstream: &Upstream, extra: &str) -> String {
     format!(
@@ -659,4 +659,44 @@ last = "response.name[-1]"
     );
     assert_eq!(answer["variables"]["last"], "l");
     assert_eq!(answer["missing"], json!([]), "{answer}");
+}
+
+#[tokio::test]
+async fn header_values_beyond_ascii_go_as_utf_8_and_are_shown_and_read_as_text() {
+    let upstream = Upstream::start(|seen| {
+        let sent = seen.headers.get("x-b").map(|v| v.as_bytes().to_vec());
+        let mut reply = Reply::json(
+            200,
+            json!({ "x-b": sent.map(|b| String::from_utf8(b).expect("UTF-8")) }),
+        );
+        reply.headers.push(("x-name".into(), "José ☃".into()));
+        reply
+    })
+    .await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{}/\"\n[headers]\nX-B = \"é ☃ {{{{ reply }}}}\"\n[variables]\nsent = \"response['x-b']\"\nname = \"headers['x-name']\"\n",
+            upstream.host()
+        ),
+    );
+    let hookside = Hookside::start(dir.path()).await;
+    let url = format!("http://{}/v1/webhooks/w/test?dry_run=false", hookside.bot);
+    let (status, _, body) = send(
+        http::Method::POST,
+        &url,
+        &[],
+        json!({ "reply": "ü" }).to_string().into_bytes(),
+    )
+    .await;
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["variables"]["sent"], "é ☃ ü", "{answer}");
+    assert_eq!(answer["variables"]["name"], "José ☃", "{answer}");
+    let shown = answer["request"]["headers"]
+        .as_array()
+        .and_then(|h| h.iter().find(|pair| pair[0] == "x-b"))
+        .cloned();
+    assert_eq!(shown, Some(json!(["x-b", "é ☃ ü"])), "{answer}");
 }

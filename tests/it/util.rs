@@ -164,7 +164,7 @@ impl Upstream {
                             for (name, value) in reply.headers {
                                 response.headers_mut().insert(
                                     http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                                    http::HeaderValue::from_str(&value).expect("value"),
+                                    http::HeaderValue::from_bytes(value.as_bytes()).expect("value"),
                                 );
                             }
                             Ok::<_, Infallible>(response)
