@@ -163,13 +163,22 @@ fn run_example(
         }
     }
     let headers = http::HeaderMap::new();
-    let trace = pipeline::map_variables(
+    let mut trace = pipeline::map_variables(
         webhook,
         &scope,
         example.status,
         &headers,
         Data::Whole(&example.response),
     );
+    // As serve answers: a secret the response echoes is `***` (and never printed here).
+    for outcome in &mut trace {
+        pipeline::scrub(&mut outcome.value, &webhook.secrets);
+        if let Some(why) = outcome.missing.take() {
+            let mut text = serde_json::Value::String(why);
+            pipeline::scrub(&mut text, &webhook.secrets);
+            outcome.missing = text.as_str().map(str::to_owned);
+        }
+    }
     for (name, expected) in &example.expect {
         let Some(outcome) = trace.iter().find(|o| &o.name == name) else {
             continue;

@@ -609,6 +609,27 @@ fn output_to_a_reader_that_went_away_is_no_panic_and_keeps_the_exit_code() {
 }
 
 #[test]
+fn an_example_whose_response_echoes_a_secret_maps_as_serve_answers_and_prints_no_secret() {
+    let dir = Dir::new();
+    let webhook = |expected: &str| {
+        format!(
+            "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${{env:HOOKSIDE_TEST_ECHOED}}\"\n[variables]\nv = \"response.echo\"\n[[examples]]\nresponse = {{ echo = \"Bearer topsecret-99\" }}\nexpect = {{ v = \"{expected}\" }}\n"
+        )
+    };
+    let secret = [("HOOKSIDE_TEST_ECHOED", "topsecret-99")];
+    let args = ["check", "--dir", dir.path().to_str().expect("utf-8")];
+    dir.file("w.toml", &webhook("Bearer ***"));
+    let output = hookside(&args, &secret);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    dir.file("w.toml", &webhook("something else"));
+    let output = hookside(&args, &secret);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("got \"Bearer ***\""), "{out}");
+    assert!(!out.contains("topsecret-99"), "{out}");
+}
+
+#[test]
 fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
     let dir = Dir::new();
     dir.file(
