@@ -43,6 +43,9 @@ pub struct Loaded {
     /// Where symbolic links in the directory lead outside it (canonical): what a watch of
     /// the directory does not see change, for the watcher to watch too.
     pub links: Vec<PathBuf>,
+    /// `*.toml` links that lead nowhere: no file to serve (a ConfigMap's old links while it
+    /// is swapped are such), but a mistake in a reviewed tree, which `check` reports.
+    pub dangling: Vec<PathBuf>,
 }
 
 /// What a reload keeps of a parsed file: enough to resolve names and `extends` without
@@ -122,7 +125,7 @@ pub fn load(
     upstream: &Upstream,
     previous: Option<&Loaded>,
 ) -> Result<Loaded, LoadError> {
-    let (paths, links) = scan_with_links(dir)?;
+    let (paths, links, dangling) = scan_with_links(dir)?;
     let mut files: Vec<FileReport> = Vec::with_capacity(paths.len());
     // (index in `files`, what was parsed)
     let mut entries: Vec<(usize, Parsed)> = Vec::with_capacity(paths.len());
@@ -248,6 +251,7 @@ pub fn load(
         .collect();
     let mut loaded = Loaded {
         links,
+        dangling,
         owners: held
             .iter()
             .map(|(name, path)| ((*name).to_owned(), path.to_path_buf()))
@@ -647,15 +651,15 @@ impl Stamp {
 /// entries (names starting with `.`) are skipped; symbolic links are followed, each folder
 /// visited once.
 pub fn scan(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, LoadError> {
-    scan_with_links(dir).map(|(found, _)| found)
+    scan_with_links(dir).map(|(found, _, _)| found)
 }
 
 /// Files found by a scan, with their stamps.
 type Found = Vec<(PathBuf, Stamp)>;
 
-/// [`scan`], and where the symbolic links it followed lead outside `dir` (canonical
-/// paths: directories, and `*.toml` files).
-fn scan_with_links(dir: &Path) -> Result<(Found, Vec<PathBuf>), LoadError> {
+/// [`scan`], where the symbolic links it followed lead outside `dir` (canonical paths:
+/// directories, and `*.toml` files), and the `*.toml` links that lead nowhere.
+fn scan_with_links(dir: &Path) -> Result<(Found, Vec<PathBuf>, Vec<PathBuf>), LoadError> {
     let root = std::fs::read_dir(dir).map_err(|source| LoadError::Directory {
         path: dir.to_path_buf(),
         source,
@@ -665,6 +669,7 @@ fn scan_with_links(dir: &Path) -> Result<(Found, Vec<PathBuf>), LoadError> {
         visited: HashSet::new(),
         found: Vec::new(),
         links: Vec::new(),
+        dangling: Vec::new(),
     };
     if let Some(root) = &walk.root {
         walk.visited.insert(root.clone());
@@ -673,7 +678,8 @@ fn scan_with_links(dir: &Path) -> Result<(Found, Vec<PathBuf>), LoadError> {
     walk.found.sort_by(|a, b| a.0.cmp(&b.0));
     walk.links.sort();
     walk.links.dedup();
-    Ok((walk.found, walk.links))
+    walk.dangling.sort();
+    Ok((walk.found, walk.links, walk.dangling))
 }
 
 /// A walk of the directory, links followed.
@@ -682,6 +688,7 @@ struct Walk {
     visited: HashSet<PathBuf>,
     found: Found,
     links: Vec<PathBuf>,
+    dangling: Vec<PathBuf>,
 }
 
 impl Walk {
@@ -692,6 +699,9 @@ impl Walk {
             }
             let path = entry.path();
             let Ok(metadata) = std::fs::metadata(&path) else {
+                if path.extension().is_some_and(|ext| ext == "toml") {
+                    self.dangling.push(path);
+                }
                 continue; // a dangling link
             };
             let linked = entry.file_type().is_ok_and(|t| t.is_symlink());

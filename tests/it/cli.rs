@@ -629,6 +629,26 @@ fn an_example_whose_response_echoes_a_secret_maps_as_serve_answers_and_prints_no
     assert!(!out.contains("topsecret-99"), "{out}");
 }
 
+#[cfg(unix)]
+#[test]
+fn a_link_to_a_webhook_file_that_does_not_exist_fails_the_check() {
+    let dir = Dir::new();
+    dir.file("w.toml", "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n");
+    std::os::unix::fs::symlink("../nowhere/typo.toml", dir.path().join("linked.toml"))
+        .expect("symlink");
+    let output = check(&dir);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("linked.toml: a symbolic link to ../nowhere/typo.toml, which does not exist"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 problem in 1 file (1 file, 1 webhook loaded"),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
     let dir = Dir::new();
