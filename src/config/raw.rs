@@ -22,7 +22,7 @@ pub struct RawFile {
     #[schemars(with = "Option<NameSchema>")]
     pub name: Option<Spanned<String>>,
     /// The Company the webhook is assigned to.
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<CompanySchema>")]
     pub company: Option<Spanned<String>>,
     /// Free text for people.
     #[schemars(with = "Option<String>")]
@@ -144,6 +144,7 @@ pub struct RawExample {
     #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub conversation: Option<toml::Value>,
     /// The upstream's status (default 200).
+    #[schemars(range(min = 100, max = 599))]
     pub status: Option<u16>,
     /// The upstream's body: a JSON string, or a TOML table or array.
     #[schemars(with = "Option<serde_json::Value>")]
@@ -186,6 +187,12 @@ enum KindSchema {
 #[schemars(transparent)]
 #[expect(dead_code, reason = "describes the schema only")]
 struct NameSchema(#[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"))] String);
+
+/// Schema-only: a Company's name, not empty nor only spaces.
+#[derive(JsonSchema)]
+#[schemars(transparent)]
+#[expect(dead_code, reason = "describes the schema only")]
+struct CompanySchema(#[schemars(regex(pattern = r"\S"))] String);
 
 /// Schema-only: an HTTP method, any case.
 #[derive(JsonSchema)]

@@ -504,6 +504,16 @@ fn the_schema_validates_every_sample_and_fixture_and_rejects_unknown_keys() {
     assert!(!validator.is_valid(&bad_method));
     let any_case = json!({"company": "a", "url": "http://x/", "method": "Patch"});
     assert!(validator.is_valid(&any_case));
+    // What `check` refuses, the schema refuses too.
+    for refused in [
+        json!({"company": " ", "url": "http://x/"}),
+        json!({"company": "a", "url": "http://x/", "examples": [{"status": 0}]}),
+        json!({"company": "a", "url": "http://x/", "examples": [{"status": 999}]}),
+    ] {
+        assert!(!validator.is_valid(&refused), "{refused}");
+    }
+    let example = json!({"company": "a", "url": "http://x/", "examples": [{"status": 503}]});
+    assert!(validator.is_valid(&example));
     // Patterns are ECMA-262 as JSON Schema means them: no inline flags like `(?i:`,
     // which JavaScript validators (ajv on Node 20) refuse.
     let mut patterns = Vec::new();
