@@ -252,7 +252,12 @@ fn run(
         None => Ok(config::Settings::default()),
     };
     let settings = match settings {
-        Ok(settings) => settings,
+        // A dry run sends nothing: a secret that is not set here is a warning, and a
+        // placeholder stands in (shown as `***` like any secret), as for `check`.
+        Ok(settings) => config::Settings {
+            secrets_optional: dry_run,
+            ..settings
+        },
         Err(problems) => {
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return fail(format!("the config file is invalid:\n{}", lines.join("\n")));

@@ -277,6 +277,17 @@ async fn run_prints_the_request_the_answer_and_the_variables() {
     assert!(out.contains("authorization: Bearer ***"), "{out}");
     assert!(out.contains("dry run"), "{out}");
     assert!(upstream.seen().is_empty(), "a dry run sends nothing");
+    // Without the secret: a dry run still renders (a warning says so); a call cannot run.
+    std::fs::remove_file(dir.path().join("token")).expect("remove the secret");
+    let unset = hookside(&[&args[..], &["--dry-run"]].concat(), &[]);
+    let out = text(&unset);
+    assert_eq!(unset.status.code(), Some(0), "{out}");
+    assert!(out.contains("authorization: Bearer ***"), "{out}");
+    assert!(out.contains("a placeholder stands in"), "{out}");
+    let unset = hookside(&args, &[]);
+    assert_eq!(unset.status.code(), Some(2), "{}", text(&unset));
+    assert!(upstream.seen().is_empty(), "nothing was sent");
+    dir.file("token", "canary-token-42\n");
 
     let live = hookside(&args, &[]);
     let out = text(&live);
