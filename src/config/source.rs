@@ -184,15 +184,20 @@ pub fn toml_message(err: &toml::de::Error, text: &str) -> String {
         let kind = found
             .find([' ', '`', '"'])
             .map_or(found, |end| &found[..end]);
+        // In TOML's words: serde's maps are tables, its sequences arrays.
         let kind = match kind {
             "floating" => "floating point number",
+            "map" => "table",
+            "sequence" => "array",
             other => other,
         };
-        // `struct RawAuth` is a name of the code, not of the file.
-        let expected = if expected.starts_with("struct ") {
-            "a table"
-        } else {
-            expected
+        // `struct RawAuth` and `u16` are names of the code, not of the file.
+        let expected = match expected {
+            _ if expected.starts_with("struct ") => "a table",
+            "a map" => "a table",
+            "a sequence" => "an array",
+            "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" => "an integer",
+            other => other,
         };
         let start = err.span().map(|span| span.start);
         let key = start.and_then(|start| key_before(text, start));
@@ -206,6 +211,7 @@ pub fn toml_message(err: &toml::de::Error, text: &str) -> String {
             (_, "integer" | "floating point number" | "boolean", "a string") => {
                 " (write it in quotes)"
             }
+            (_, "string", "an integer") => " (write it without quotes)",
             _ => "",
         };
         return format!("{prefix}{kind}, expected {expected}{hint}");

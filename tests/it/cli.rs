@@ -1213,6 +1213,9 @@ fn check_says_how_to_write_the_webhook_builders_words_and_values_of_the_wrong_ty
             "mapper",
             "[variables]\nc = \"{{ response.a }} and {{ response.b }}\"",
         ),
+        ("status", "[[examples]]\nstatus = \"200\""),
+        ("headers-string", "headers = \"x\""),
+        ("examples-table", "examples = {}"),
     ] {
         dir.file(&format!("{file}.toml"), &format!("{head}{line}\n"));
     }
@@ -1229,6 +1232,9 @@ fn check_says_how_to_write_the_webhook_builders_words_and_values_of_the_wrong_ty
             "response-type.toml:3:17: response_type: \"JSON\" is written \"json\"",
             "execution.toml:3:13: execution: \"Synchronous\" is written \"sync\"",
             "auth-words.toml:4:8: auth.type: \"No authentication\" is written \"none\"",
+            "status.toml:4:10: invalid type: string, expected an integer (write it without quotes)",
+            "headers-string.toml:3:11: invalid type: string, expected a table",
+            "examples-table.toml:3:12: invalid type: table, expected an array",
             "mapper.toml:4:5: variables.c: a variable is one expression, bare or in one {{ }}; to join values and text, write them in one: {{ response.a ~ ' and ' ~ response.b }}",
         ],
     );
