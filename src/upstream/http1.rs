@@ -11,8 +11,8 @@
 //! and headers (interim 1xx answers skipped), then a body framed by `Content-Length`, by
 //! `Transfer-Encoding: chunked` (trailers read and dropped) or by the end of the
 //! connection, or no body at all (HEAD, 204, 304). A connection is kept for the next
-//! request only when the answer was framed, read to its last byte, did not declare a body
-//! it cannot have, and neither side asked to close it.
+//! request only when the answer was framed, read to its last byte, was not a 204 that
+//! declares a body, and neither side asked to close it.
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -172,10 +172,11 @@ impl Conn {
             && keep_alive(&head)
             // Never after an answer with both a chunked coding and a length.
             && (head.chunked.is_none() || matches!(head.length, Ok(None)))
-            // Nor after one that has no body but declares one (HEAD, 204, 304 with a
-            // length or a coding): a server that sends that body anyway would have it
-            // read as the next call's answer.
-            && !(framing == Framing::Empty && head.declares_a_body())
+            // Nor after a 204 that declares a body (a length above 0 or a coding, which
+            // RFC 9110 forbids it): a server that broken may send the body too, and it
+            // would be read as the next call's answer. (A HEAD's or a 304's length is
+            // the representation's, as the RFC allows.)
+            && !(head.status == StatusCode::NO_CONTENT && head.declares_a_body())
             && self.read.is_empty();
         // A large body's allocation would stay with the idle connection (the empty rest of
         // the read buffer shares it), as would a large request's: start small again.

@@ -354,9 +354,9 @@ async fn concurrent_invocations_are_counted_while_in_progress_and_all_answered()
     assert_eq!(state.upstream.pace.active(), 0, "every guard was released");
 }
 
-/// An upstream that answers `/nobody` with a 204 declaring a body, and `HEAD` with a
-/// length, then sends bytes after either (a stray answer, 50 ms later), as broken servers
-/// do; any other path gets `{"id": PATH}`. Connections are kept.
+/// An upstream that answers `/nobody` with a 204 declaring a body (which HTTP forbids)
+/// and then sends bytes after it (a stray answer, 50 ms later), as broken servers do; any
+/// other path gets `{"id": PATH}`. Connections are kept.
 async fn out_of_step_upstream() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let host = listener.local_addr().expect("addr").to_string();
@@ -365,13 +365,8 @@ async fn out_of_step_upstream() -> String {
             tokio::spawn(async move {
                 while let Some(head) = read_head(&mut stream).await {
                     let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-                    if head.starts_with("HEAD ") || path == "/nobody" {
-                        let status = if path == "/nobody" {
-                            "204 No Content"
-                        } else {
-                            "200 OK"
-                        };
-                        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 13\r\n\r\n");
+                    if path == "/nobody" {
+                        let answer = "HTTP/1.1 204 No Content\r\ncontent-length: 13\r\n\r\n";
                         let _ = stream.write_all(answer.as_bytes()).await;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         write_json(&mut stream, r#"{"id":"stray"}"#).await;
@@ -386,16 +381,12 @@ async fn out_of_step_upstream() -> String {
 }
 
 #[tokio::test]
-async fn a_connection_whose_answer_had_no_body_but_declared_one_is_not_kept() {
+async fn a_connection_after_a_204_that_declared_a_body_is_not_kept() {
     let host = out_of_step_upstream().await;
     let dir = Dir::new();
     dir.file(
         "nobody.toml",
         &format!("company = \"acme\"\nurl = \"http://{host}/nobody\"\n"),
-    );
-    dir.file(
-        "head.toml",
-        &format!("company = \"acme\"\nmethod = \"HEAD\"\nurl = \"http://{host}/head\"\n"),
     );
     dir.file(
         "real.toml",
@@ -404,17 +395,14 @@ async fn a_connection_whose_answer_had_no_body_but_declared_one_is_not_kept() {
         ),
     );
     let hookside = Hookside::start(dir.path()).await;
-    for first in ["nobody", "head", "nobody", "head"] {
-        let (status, answer) = hookside.invoke(first, json!({})).await;
+    for _ in 0..3 {
+        let (status, answer) = hookside.invoke("nobody", json!({})).await;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["response"], serde_json::Value::Null, "{answer}");
         // At once, before the stray bytes come: on a kept connection, they would be read
         // as this call's answer.
         let (status, answer) = hookside.invoke("real", json!({})).await;
-        assert_eq!(status, 200, "after {first}: {answer}");
-        assert_eq!(
-            answer["variables"]["id"], "/real",
-            "after {first}: {answer}"
-        );
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["variables"]["id"], "/real", "{answer}");
     }
 }
