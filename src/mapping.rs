@@ -13,6 +13,32 @@ use crate::render::lookup::{Lookup, Step};
 use crate::render::select::{Data, Phase, Reads, Selection};
 use crate::render::{Scope, ValueExpr};
 
+/// The most a JSONPath's matches may hold, as JSON text. A descent (`$..id`) copies each
+/// match whole, so matches nested in each other hold the response many times over: an
+/// upstream could shape 8 MiB into a gigabyte of answer. Past this, the variable is missing.
+pub const MATCHES_LIMIT: usize = 10 * 1024 * 1024;
+
+/// Takes `value`'s size as JSON text (about: numbers count 8, escapes 0) from `budget`;
+/// false as soon as it runs out, without walking further.
+fn fits(value: &serde_json::Value, budget: &mut usize) -> bool {
+    use serde_json::Value;
+    let own = match value {
+        Value::String(text) => text.len() + 2,
+        Value::Array(items) => items.len() + 1,
+        Value::Object(map) => map.keys().map(|key| key.len() + 4).sum::<usize>() + 1,
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+    };
+    let Some(left) = budget.checked_sub(own) else {
+        return false;
+    };
+    *budget = left;
+    match value {
+        Value::Array(items) => items.iter().all(|item| fits(item, budget)),
+        Value::Object(map) => map.values().all(|item| fits(item, budget)),
+        _ => true,
+    }
+}
+
 /// One compiled Custom Variable.
 #[derive(Debug)]
 pub struct Variable {
@@ -179,12 +205,21 @@ impl Variable {
                         serde_json::Value::Null,
                         Some("no match in the response".to_owned()),
                     ),
-                    Ok(found) => (
-                        serde_json::Value::Array(
-                            found.into_iter().map(|hit| hit.val.clone()).collect(),
-                        ),
-                        None,
-                    ),
+                    Ok(found) => {
+                        let mut budget = MATCHES_LIMIT;
+                        if found.iter().all(|hit| fits(hit.val, &mut budget)) {
+                            let values = found.into_iter().map(|hit| hit.val.clone()).collect();
+                            (serde_json::Value::Array(values), None)
+                        } else {
+                            let why = format!(
+                                "its {} matches hold more than {} MiB of JSON (matches nested \
+                                 in each other, as `..` finds them, repeat the response)",
+                                found.len(),
+                                MATCHES_LIMIT / (1024 * 1024)
+                            );
+                            (serde_json::Value::Null, Some(why))
+                        }
+                    }
                     Err(err) => (
                         serde_json::Value::Null,
                         Some(format!("JSONPath failed: {err}")),
@@ -295,5 +330,34 @@ mod tests {
         assert!(run("$..zzz", response.clone()).missing.is_some());
         let found_null = run("$.a", response);
         assert_eq!((found_null.value, found_null.missing), (json!(null), None));
+    }
+
+    #[test]
+    fn matches_that_repeat_the_response_past_the_limit_are_missing() {
+        // 64 objects nested in each other around 256 KiB: `$..id` would copy 16 MiB.
+        let mut deep = json!("x".repeat(256 * 1024));
+        for _ in 0..64 {
+            deep = json!({ "id": deep });
+        }
+        let outcome = run("$..id", deep.clone());
+        assert_eq!(outcome.value, json!(null));
+        assert!(
+            outcome
+                .missing
+                .as_deref()
+                .is_some_and(|m| m.contains("64 matches hold more than 10 MiB")),
+            "{outcome:?}"
+        );
+        // Under the limit, every match is there.
+        let mut shallow = json!("x".repeat(1024));
+        for _ in 0..64 {
+            shallow = json!({ "id": shallow });
+        }
+        let outcome = run("$..id", shallow);
+        assert_eq!(
+            outcome.value.as_array().map(Vec::len),
+            Some(64),
+            "{outcome:?}"
+        );
     }
 }

@@ -1066,3 +1066,35 @@ async fn a_company_named_in_another_case_than_the_config_file_is_warned_of() {
     assert!(again, "{}", process.log());
     assert!(process.log().contains("company=Acme"), "{}", process.log());
 }
+
+#[tokio::test]
+async fn a_descent_over_an_answer_nested_to_repeat_itself_stays_small() {
+    // 100 objects nested in each other around 200 KiB: `$..id` would copy 20 MiB, and
+    // an upstream could shape its 10 MiB into gigabytes that way.
+    let mut deep = json!("x".repeat(200 * 1024));
+    for _ in 0..100 {
+        deep = json!({ "id": deep });
+    }
+    let upstream = Upstream::fixed(Reply::json(200, deep)).await;
+    let dir = Dir::new();
+    let process = serving_one(
+        &dir,
+        "ids",
+        &upstream,
+        "[variables]\nids = \"$..id\"\nfirst = \"$.id.id.id\"\n",
+    );
+    let (status, _, body) = send(
+        http::Method::POST,
+        &format!("http://{}/v1/webhooks/ids", process.bot),
+        &[("authorization", &format!("Bearer {CANARY}"))],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The response itself once, the variable that fits, and no 20 MiB.
+    assert!(body.len() < 1024 * 1024, "{} bytes", body.len());
+    let answer = parse(&body);
+    assert_eq!(answer["variables"]["ids"], Value::Null);
+    assert_eq!(answer["missing"], json!(["ids"]));
+    assert!(answer["variables"]["first"].is_object());
+}
