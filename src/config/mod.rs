@@ -439,7 +439,7 @@ fn read_and_parse(
         return Ok(cached.clone());
     }
     let shared: Arc<Path> = Arc::from(path);
-    let text = std::fs::read_to_string(path).map_err(|err| {
+    let text = source::read_text_at_most(path, source::MAX_FILE).map_err(|err| {
         vec![Location::file(Arc::clone(&shared)).problem(format!("cannot read: {err}"))]
     })?;
     let hash = hash_of(&text);
@@ -464,7 +464,7 @@ fn read_and_parse(
 /// secret changed).
 fn parse_file(path: &Path) -> Result<Def, Vec<Problem>> {
     let shared: Arc<Path> = Arc::from(path);
-    let text = std::fs::read_to_string(path).map_err(|err| {
+    let text = source::read_text_at_most(path, source::MAX_FILE).map_err(|err| {
         vec![Location::file(Arc::clone(&shared)).problem(format!("cannot read: {err}"))]
     })?;
     raw::parse(&SourceFile::new(shared, text))

@@ -70,7 +70,9 @@ pub fn current_hash(watched: &[Watched], extra_file: Option<&Path>) -> u64 {
         }
     }
     if let Some(path) = extra_file {
-        std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+        super::source::read_at_most(path, super::source::MAX_CA_FILE)
+            .unwrap_or_default()
+            .hash(&mut hasher);
     }
     hasher.finish()
 }
@@ -224,12 +226,13 @@ fn resolve_one(reference: &str, base_dir: &Path) -> Result<Secret, String> {
         })?
     } else if let Some(path) = reference.strip_prefix("file:") {
         let path = base_dir.join(path);
-        let mut text = std::fs::read_to_string(&path).map_err(|err| {
-            format!(
-                "secret `${{{reference}}}`: cannot read {}: {err}",
-                path.display()
-            )
-        })?;
+        let mut text =
+            super::source::read_text_at_most(&path, super::source::MAX_SECRET).map_err(|err| {
+                format!(
+                    "secret `${{{reference}}}`: cannot read {}: {err}",
+                    path.display()
+                )
+            })?;
         if text.ends_with('\n') {
             text.pop();
             if text.ends_with('\r') {

@@ -54,7 +54,7 @@ pub struct Company {
 
 /// The config file's text, or why it cannot be read.
 fn read(path: &Path) -> Result<SourceFile, Vec<Problem>> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
+    let text = super::source::read_text_at_most(path, super::source::MAX_FILE).map_err(|err| {
         vec![Problem {
             path: path.to_path_buf(),
             line: None,

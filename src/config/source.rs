@@ -159,6 +159,46 @@ impl fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+/// The most a webhook file or the config file may hold.
+pub const MAX_FILE: usize = 1024 * 1024;
+
+/// The most a `${file:...}` secret may hold: a token or a password, not a log file.
+pub const MAX_SECRET: usize = 64 * 1024;
+
+/// The most a `[tls] ca_file` may hold (Mozilla's whole bundle is about 230 KB).
+pub const MAX_CA_FILE: usize = 4 * 1024 * 1024;
+
+/// Reads at most `limit` bytes of `path`: a larger file (or a device that never ends, a
+/// path given by mistake) is an error, read no further.
+pub fn read_at_most(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            if limit.is_multiple_of(1024 * 1024) {
+                format!("the file is larger than {} MiB", limit / (1024 * 1024))
+            } else {
+                format!("the file is larger than {} KiB", limit / 1024)
+            },
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_at_most`], as UTF-8 text.
+pub fn read_text_at_most(path: &Path, limit: usize) -> std::io::Result<String> {
+    String::from_utf8(read_at_most(path, limit)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// A TOML or type error's message without the value it quotes: `invalid type: integer
 /// \`123456789\`, expected a string` could be a token written in the file, and problems are
 /// printed and logged. The location already points at the value.
@@ -244,6 +284,20 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_read_up_to_their_limit_and_no_further() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![b'a'; 2048]).expect("write");
+        assert_eq!(read_at_most(&path, 2048).expect("at the limit").len(), 2048);
+        let err = read_at_most(&path, 1024).expect_err("over the limit");
+        assert_eq!(err.to_string(), "the file is larger than 1 KiB");
+        let err = read_text_at_most(Path::new("/dev/zero"), MAX_FILE).expect_err("endless");
+        assert_eq!(err.to_string(), "the file is larger than 1 MiB");
+        std::fs::write(&path, [0xff, 0xfe]).expect("write");
+        assert!(read_text_at_most(&path, MAX_FILE).is_err(), "not UTF-8");
+    }
 
     #[test]
     fn offsets_become_lines_and_columns() {

@@ -183,8 +183,8 @@ impl Upstream {
 
     /// Trust roots that add the certificates of the PEM file at `path` to webpki's.
     pub fn roots_from(&self, path: &Path) -> Result<Roots, String> {
-        let pem =
-            std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        let pem = crate::config::source::read_at_most(path, crate::config::source::MAX_CA_FILE)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
         let key = {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -671,6 +671,31 @@ fn a_link_to_a_webhook_file_that_does_not_exist_fails_the_check() {
 }
 
 #[test]
+fn files_and_secrets_past_their_size_limit_are_refused_unread() {
+    let dir = Dir::new();
+    let mut huge = String::from("company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[headers]\n");
+    for i in 0..80_000 {
+        huge.push_str(&format!("X-H{i} = \"v\"\n"));
+    }
+    dir.file("huge.toml", &huge);
+    dir.file(
+        "zero.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${file:/dev/zero}\"\n",
+    );
+    let output = check(&dir);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("huge.toml: cannot read: the file is larger than 1 MiB"),
+        "{out}"
+    );
+    assert!(
+        out.contains("zero.toml:5:9: warning: auth.token: secret `${file:/dev/zero}`: cannot read /dev/zero: the file is larger than 64 KiB"),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
     let dir = Dir::new();
     dir.file(
