@@ -641,6 +641,17 @@ pub fn compile(
         secrets.push(lower_hex(&encoded).replace("%20", "+"));
         secrets.push(encoded);
     }
+    // A secret with a quote, a backslash or a control character, echoed inside JSON text
+    // that is not JSON as a whole (a text answer Run Webhook shows), is spelt escaped.
+    let escaped: Vec<String> = secrets
+        .iter()
+        .filter_map(|secret| {
+            let quoted = serde_json::to_string(secret).ok()?;
+            let inner = &quoted[1..quoted.len() - 1];
+            (inner != secret).then(|| inner.to_owned())
+        })
+        .collect();
+    secrets.extend(escaped);
     // Too short to scrub without mangling every answer (an empty basic-auth password).
     secrets.retain(|secret| secret.len() >= MIN_SCRUBBED_SECRET);
     secrets.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));

@@ -1098,3 +1098,39 @@ async fn a_descent_over_an_answer_nested_to_repeat_itself_stays_small() {
     assert_eq!(answer["missing"], json!(["ids"]));
     assert!(answer["variables"]["first"].is_object());
 }
+
+#[tokio::test]
+async fn a_text_answer_quoting_a_secret_json_escaped_shows_it_scrubbed() {
+    let secret = r#"hdr"CANARY\x<>&"#;
+    let escaped = serde_json::to_string(secret).expect("JSON");
+    let upstream = Upstream::start(|seen| {
+        let sent = seen.header("x-api-key").unwrap_or_default();
+        let text = format!("echo: {}", serde_json::to_string(sent).expect("JSON"));
+        Reply::raw(500, text)
+    })
+    .await;
+    let dir = Dir::new();
+    dir.file("key", secret);
+    dir.file(
+        "echo.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{}/\"\n[headers]\nX-Api-Key = \"${{file:key}}\"\n",
+            upstream.host()
+        ),
+    );
+    let process = Process::serve(dir.path(), &[], &[]);
+    let (status, _, body) = send(
+        http::Method::POST,
+        &format!("http://{}/v1/webhooks/echo/test", process.bot),
+        &[],
+        b"{}".to_vec(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""response":"echo: \"***\"""#), "{text}");
+    assert!(!text.contains("CANARY"), "{text}");
+    assert!(!text.contains(&escaped[1..escaped.len() - 1]), "{text}");
+    // The upstream did get the secret as it is.
+    assert_eq!(upstream.only().header("x-api-key"), Some(secret));
+}
