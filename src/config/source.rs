@@ -137,7 +137,7 @@ impl<T> Located<T> {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:", self.path.display())?;
+        write!(f, "{}:", printable(&self.path.display().to_string()))?;
         if let Some(line) = self.line {
             write!(f, "{line}:")?;
             if let Some(column) = self.column {
@@ -151,9 +151,28 @@ impl fmt::Display for Problem {
             .map(str::trim)
             .filter(|l| !l.is_empty())
         {
-            write!(f, " {line}")?;
+            write!(f, " {}", printable(line))?;
         }
         Ok(())
+    }
+}
+
+/// `text` with its control characters escaped (`\u{1b}`, `\t`): a file name may hold an
+/// escape sequence or a line break, which would repaint a terminal or forge a log line.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_debug().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
     }
 }
 
@@ -284,6 +303,20 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_problem_is_one_printable_line_whatever_its_file_is_named() {
+        let problem = Problem {
+            path: PathBuf::from("d/e\u{1b}[2J\nFAKE LOG LINE.toml"),
+            line: Some(1),
+            column: Some(2),
+            message: "name: \u{7}bad".to_owned(),
+        };
+        assert_eq!(
+            problem.to_string(),
+            "d/e\\u{1b}[2J\\nFAKE LOG LINE.toml:1:2: name: \\u{7}bad"
+        );
+    }
 
     #[test]
     fn files_are_read_up_to_their_limit_and_no_further() {
