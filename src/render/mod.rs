@@ -711,6 +711,13 @@ impl UrlTemplate {
         } else {
             format!("{}{path}", self.origin_path)
         };
+        // `//evil.example/x` as a request target reads as a host to a server that splits
+        // it as a URL (an empty value at the path's start: `/{{ mode }}/{{ id }}`).
+        if url.starts_with("//") {
+            return Err(format!(
+                "the path {url:?} begins with `//` (an empty value at its start?), which a server may read as a host"
+            ));
+        }
         let query = match &self.query {
             Some(template) => template.render(scope)?.value,
             None => String::new(),
@@ -969,6 +976,22 @@ l = "plain"
             .render(&Scope::new(&fixed, &dots), "")
             .expect("renders");
         assert_eq!(inside, "https://api.example/v1/x%2E%2E?q=%2E%2E");
+    }
+
+    #[test]
+    fn a_path_that_an_empty_value_starts_with_two_slashes_is_refused() {
+        let fixed = fixed();
+        let url = UrlTemplate::compile("https://api.example/{{ mode }}/{{ id }}", &fixed)
+            .expect("compiles");
+        let hostile = json!({"mode": "", "id": "evil.example"});
+        let refused = url.render(&Scope::new(&fixed, &hostile), "");
+        assert!(refused.is_err_and(|e| e.contains("begins with `//`")));
+        let fine = json!({"mode": "live", "id": "7"});
+        let rendered = url.render(&Scope::new(&fixed, &fine), "").expect("renders");
+        assert_eq!(rendered, "https://api.example/live/7");
+        // Further in, an empty value makes `//` that no server reads as a host.
+        let inner = json!({"mode": "live", "id": ""});
+        assert!(url.render(&Scope::new(&fixed, &inner), "").is_ok());
     }
 
     #[test]
