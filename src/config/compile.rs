@@ -828,6 +828,16 @@ fn compile_auth(
             let username = value_of(sink, &auth.username, "username");
             let password = value_of(sink, &auth.password, "password");
             let (username, password) = (username?, password?);
+            // RFC 7617: the pair splits at the first `:`, so a username cannot hold one.
+            if username.contains(':')
+                && let Some(at) = &auth.username
+            {
+                sink.problems.push(at.problem(
+                    "auth.username: a basic-auth username cannot hold `:` (the upstream would \
+                     read the password from there)",
+                ));
+                return None;
+            }
             let credentials = format!("{username}:{password}");
             use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
             let encoded = STANDARD.encode(&credentials);

@@ -696,6 +696,26 @@ fn files_and_secrets_past_their_size_limit_are_refused_unread() {
 }
 
 #[test]
+fn a_basic_auth_username_with_a_colon_is_an_error_that_shows_no_secret() {
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"basic\"\nusername = \"${env:HOOKSIDE_TEST_USER}\"\npassword = \"p\"\n",
+    );
+    let output = hookside(
+        &["check", "--dir", dir.path().to_str().expect("utf-8")],
+        &[("HOOKSIDE_TEST_USER", "us:er-secret")],
+    );
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("w.toml:5:12: auth.username: a basic-auth username cannot hold `:`"),
+        "{out}"
+    );
+    assert!(!out.contains("er-secret"), "{out}");
+}
+
+#[test]
 fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
     let dir = Dir::new();
     dir.file(
