@@ -111,6 +111,9 @@ struct Series {
     /// requests, duration, timeouts, in-flight.
     descs: [Desc; 4],
     live: Mutex<BTreeMap<(String, String), Arc<WebhookMetrics>>>,
+    /// Series forgotten while calls were in flight on them: exported until those end
+    /// (and once more, with their last counts), then removed. Locked after `live`.
+    retiring: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 /// The registry's handle on [`Series`].
@@ -186,6 +189,7 @@ impl Metrics {
                     in_flight.expect("valid metric"),
                 ],
                 live: Mutex::new(BTreeMap::new()),
+                retiring: Mutex::default(),
             });
             let reloads = reloads.expect("valid metric");
             let last_reload_successful = last_reload_successful.expect("valid metric");
@@ -232,15 +236,25 @@ impl Metrics {
     /// the same ones a previous load of it used.
     pub fn webhook(&self, webhook: &str, company: &str) -> Arc<WebhookMetrics> {
         let mut live = lock(&self.series.live);
-        Arc::clone(
-            live.entry((webhook.to_owned(), company.to_owned()))
-                .or_default(),
-        )
+        let key = (webhook.to_owned(), company.to_owned());
+        lock(&self.series.retiring).remove(&key);
+        Arc::clone(live.entry(key).or_default())
     }
 
-    /// Removes a webhook's series (its file was deleted, or it was renamed).
+    /// Removes a webhook's series (its file was deleted, or it was renamed, or moved to
+    /// another company). Calls still in flight on it are counted where they started: the
+    /// series stays until they end and a scrape has seen their outcomes.
     pub fn forget(&self, webhook: &str, company: &str) {
-        lock(&self.series.live).remove(&(webhook.to_owned(), company.to_owned()));
+        let mut live = lock(&self.series.live);
+        let key = (webhook.to_owned(), company.to_owned());
+        match live.get(&key) {
+            Some(series) if series.in_flight.load(Ordering::Relaxed) > 0 => {
+                lock(&self.series.retiring).insert(key);
+            }
+            _ => {
+                live.remove(&key);
+            }
+        }
     }
 
     /// Records a reload.
@@ -327,7 +341,7 @@ impl Collector for SeriesCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let live = lock(&self.0.live);
+        let mut live = lock(&self.0.live);
         let [requests, duration, timeouts, in_flight] = &self.0.descs;
         let mut families = [
             family(requests, MetricType::COUNTER),
@@ -357,6 +371,17 @@ impl Collector for SeriesCollector {
             metric.set_gauge(gauge);
             families[3].mut_metric().push(metric);
         }
+        // Retiring series whose calls have all ended were exported with their last counts
+        // just now: they go.
+        lock(&self.0.retiring).retain(|key| {
+            let busy = live
+                .get(key)
+                .is_some_and(|series| series.in_flight.load(Ordering::Relaxed) > 0);
+            if !busy {
+                live.remove(key);
+            }
+            busy
+        });
         // A family with no sample is not exported (as the crate's own vectors do).
         families
             .into_iter()
@@ -438,7 +463,7 @@ mod tests {
         let first = metrics.webhook("w", "acme");
         first.finish(Outcome::Ok, Duration::from_millis(5));
         first.finish(Outcome::Timeout, Duration::from_secs(11));
-        let _in_flight = first.start();
+        let in_flight = first.start();
         assert!(
             Arc::ptr_eq(&first, &metrics.webhook("w", "acme")),
             "a reload gets the same series"
@@ -461,6 +486,7 @@ mod tests {
                 "{line} missing from\n{text}"
             );
         }
+        drop(in_flight);
         metrics.forget("w", "acme");
         assert!(!metrics.render().contains("webhook=\"w\""));
         let fresh = metrics.webhook("w", "acme");
@@ -468,5 +494,41 @@ mod tests {
         assert!(metrics.render().contains(
             r#"hookside_webhook_requests_total{company="acme",outcome="ok",webhook="w"} 0"#
         ));
+    }
+
+    #[test]
+    fn a_series_forgotten_while_calls_run_counts_them_then_goes() {
+        let metrics = Metrics::new();
+        let old = metrics.webhook("w", "acme");
+        let in_flight = old.start();
+        // The webhook moves to another company while the call runs.
+        metrics.forget("w", "acme");
+        let _new = metrics.webhook("w", "globex");
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"hookside_webhook_in_flight{company="acme",webhook="w"} 1"#),
+            "{text}"
+        );
+        old.finish(Outcome::Ok, Duration::from_millis(5));
+        drop(in_flight);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"hookside_webhook_requests_total{company="acme",outcome="ok",webhook="w"} 1"#
+            ),
+            "its outcome is seen once: {text}"
+        );
+        let text = metrics.render();
+        assert!(!text.contains(r#"company="acme""#), "then it goes: {text}");
+        assert!(text.contains(r#"company="globex""#), "{text}");
+        // Brought back before its calls end, a retiring series stays.
+        let back = metrics.webhook("w", "globex");
+        let running = back.start();
+        metrics.forget("w", "globex");
+        let again = metrics.webhook("w", "globex");
+        assert!(Arc::ptr_eq(&back, &again));
+        drop(running);
+        metrics.render();
+        assert!(metrics.render().contains(r#"company="globex""#));
     }
 }
