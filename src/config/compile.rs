@@ -35,6 +35,9 @@ pub struct Webhook {
     pub revision: String,
     /// The same hash as a number.
     pub revision_hash: u64,
+    /// A hash of the templates it extends alone (set by the load): a template that fails
+    /// and changed since this version leaves this version serving.
+    pub templates_hash: u64,
     /// The values that name secrets, and the CA file, to notice a rotation on reload.
     watched: (Vec<secret::Watched>, Option<PathBuf>),
     /// The hash of the watched secrets' values when this was compiled.
@@ -667,6 +670,7 @@ pub fn compile(
         source: def.file.path.to_path_buf(),
         revision: format!("{revision:016x}"),
         revision_hash: revision,
+        templates_hash: 0,
         secrets_hash: secret::current_hash(&watched.0, watched.1.as_deref()),
         watched,
         method,

@@ -273,7 +273,7 @@ pub fn load(
             // fields, checked on their own.
             let problems = match chain(i, &entries, &by_name, &unparsed) {
                 Err(problems) => problems,
-                Ok((chain, _)) => template_problems(&entries, i, &chain, settings, upstream),
+                Ok((chain, _, _)) => template_problems(&entries, i, &chain, settings, upstream),
             };
             files[*index].errors.extend(problems);
         }
@@ -310,24 +310,7 @@ pub fn load(
                     extends.value
                 ))]
             })
-            .and_then(|(chain, revision)| {
-                // A template that fails is not used at all, not even by a webhook that
-                // overrides what fails: its new text must not half-serve.
-                let broken = chain
-                    .iter()
-                    .map(|&parent| files[entries[parent].0].path.as_path())
-                    .find(|template| {
-                        of_templates
-                            .get(template)
-                            .is_some_and(|own| !own.is_empty())
-                    });
-                if let (Some(template), Some(extends)) = (broken, &parsed.extends) {
-                    return Err(vec![extends.problem(format!(
-                        "extends: template {:?} does not load; see {}",
-                        extends.value,
-                        template.display()
-                    ))]);
-                }
+            .and_then(|(chain, revision, templates_hash)| {
                 let reusable = previous
                     .and_then(|p| p.webhooks.get(&parsed.name.value))
                     .filter(|old| {
@@ -350,9 +333,49 @@ pub fn load(
                         fields = fields.inherit(&parent.fields);
                     }
                 }
-                compile::compile(&def, &fields, revision, settings, upstream)
-                    .map(Arc::new)
-                    .map_err(|problems| inherited(problems, parsed, path))
+                let templates: Vec<&[Problem]> = chain
+                    .iter()
+                    .filter_map(|&parent| of_templates.get(files[entries[parent].0].path.as_path()))
+                    .copied()
+                    .collect();
+                let compiled = compile::compile(&def, &fields, revision, settings, upstream)
+                    .map(|mut webhook| {
+                        webhook.templates_hash = templates_hash;
+                        Arc::new(webhook)
+                    })
+                    .map_err(|problems| inherited(problems, parsed, path, &templates));
+                // A template that fails and changed since this webhook's last good version
+                // changes nothing that serves, not even for a webhook that overrides what
+                // fails: the template's new text must not half-serve. (With no good
+                // version to keep, at a start, the webhook is compiled with it as it is.)
+                let broken = chain
+                    .iter()
+                    .map(|&parent| files[entries[parent].0].path.as_path())
+                    .find(|template| {
+                        of_templates
+                            .get(template)
+                            .is_some_and(|own| !own.is_empty())
+                    });
+                let kept = previous
+                    .and_then(|p| p.webhooks.get(&parsed.name.value))
+                    .filter(|old| old.webhook.source == *path);
+                match (broken, kept, &parsed.extends) {
+                    (Some(template), Some(old), Some(extends))
+                        if old.webhook.templates_hash != templates_hash =>
+                    {
+                        let mut problems = compiled.err().unwrap_or_default();
+                        let problem = extends.problem(format!(
+                            "extends: template {:?} does not load; see {}",
+                            extends.value,
+                            template.display()
+                        ));
+                        if !problems.contains(&problem) {
+                            problems.push(problem);
+                        }
+                        Err(problems)
+                    }
+                    _ => compiled,
+                }
             });
         match outcome {
             Ok(webhook) => {
@@ -530,21 +553,48 @@ fn template_problems(
     }
 }
 
-/// A webhook's compile problems, as its file shows them (the templates it extends have
-/// none of their own: a webhook extending one that fails is not compiled). A problem
-/// located in a template comes from this webhook's use of it (a `context` value it does
-/// not define, an `[auth]` beside the template's `Authorization`, an example it breaks by
-/// overriding a variable): it names the webhook, where the line is the template's.
-fn inherited(problems: Vec<Problem>, parsed: &Parsed, path: &Path) -> Vec<Problem> {
-    problems
-        .into_iter()
-        .map(|mut problem| {
-            if problem.path != path {
-                name_the_webhook(&mut problem, &parsed.name.value, path);
+/// A webhook's compile problems, as its file shows them. One that a template it extends
+/// has on its own (`templates`: their problems) is that template's: the webhook learns only
+/// that the template does not load. Any other problem located in a template comes from
+/// this webhook's use of it (a `context` value it does not define, an `[auth]` beside the
+/// template's `Authorization`, an example it breaks by overriding a variable): it names the
+/// webhook, where the line is the template's.
+fn inherited(
+    problems: Vec<Problem>,
+    parsed: &Parsed,
+    path: &Path,
+    templates: &[&[Problem]],
+) -> Vec<Problem> {
+    let mut shown = Vec::new();
+    let mut broken_templates = Vec::new();
+    for mut problem in problems {
+        // A merged `[body]` is located in the extending file: its leaves are told apart
+        // by their path in the message (`body.a: ...`).
+        let of_template = templates.iter().flat_map(|own| own.iter()).find(|own| {
+            **own == problem
+                || (problem.message.starts_with("body") && own.message == problem.message)
+        });
+        if let Some(own) = of_template {
+            if !broken_templates.contains(&own.path) {
+                broken_templates.push(own.path.clone());
             }
-            problem
-        })
-        .collect()
+        } else if problem.path == path {
+            shown.push(problem);
+        } else {
+            name_the_webhook(&mut problem, &parsed.name.value, path);
+            shown.push(problem);
+        }
+    }
+    if let Some(extends) = &parsed.extends {
+        for template in broken_templates {
+            shown.push(extends.problem(format!(
+                "extends: template {:?} does not load; see {}",
+                extends.value,
+                template.display()
+            )));
+        }
+    }
+    shown
 }
 
 /// Names the webhook `name` of file `path` in a problem that is located in a template it
@@ -559,17 +609,19 @@ pub fn name_the_webhook(problem: &mut Problem, name: &str, path: &Path) {
     }
 }
 
-/// The templates `entries[start]` extends, nearest first, and a revision hashing the
-/// contents of the whole chain. `unparsed`: the files that do not parse, by name.
+/// The templates `entries[start]` extends, nearest first, a revision hashing the contents
+/// of the whole chain, and one of the templates alone. `unparsed`: the files that do not
+/// parse, by name.
 fn chain(
     start: usize,
     entries: &[(usize, Parsed)],
     by_name: &HashMap<String, usize>,
     unparsed: &HashMap<String, PathBuf>,
-) -> Result<(Vec<usize>, u64), Vec<Problem>> {
+) -> Result<(Vec<usize>, u64, u64), Vec<Problem>> {
     let first = &entries[start].1;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     first.hash.hash(&mut hasher);
+    let mut templates = std::collections::hash_map::DefaultHasher::new();
     let mut seen = vec![first.name.value.clone()];
     let mut parents = Vec::new();
     let mut next = first.extends.as_ref();
@@ -599,10 +651,11 @@ fn chain(
             ]);
         }
         parsed.hash.hash(&mut hasher);
+        parsed.hash.hash(&mut templates);
         parents.push(parent);
         next = parsed.extends.as_ref();
     }
-    Ok((parents, hasher.finish()))
+    Ok((parents, hasher.finish(), templates.finish()))
 }
 
 /// What tells a file changed without reading it: size, modification and change times,

@@ -339,6 +339,34 @@ async fn a_template_that_fails_serves_none_of_its_new_text_even_where_overridden
 }
 
 #[tokio::test]
+async fn a_template_failing_only_where_its_webhooks_override_it_stops_none_of_them() {
+    let upstream = echo().await;
+    let dir = Dir::new();
+    // The template's default token is not set here; each webhook sets its own.
+    dir.file(
+        "base.toml",
+        &format!(
+            "kind = \"template\"\nname = \"base\"\ncompany = \"acme\"\nurl = \"http://{}/v1\"\n[auth]\ntype = \"bearer\"\ntoken = \"${{env:HOOKSIDE_TEST_NEVER_SET_DEFAULT}}\"\n",
+            upstream.host()
+        ),
+    );
+    dir.file("token", "own-token");
+    let own = |path: &str| {
+        format!(
+            "extends = \"base\"\nurl = \"http://{}/{path}\"\n[auth]\ntoken = \"${{file:token}}\"\n",
+            upstream.host()
+        )
+    };
+    dir.file("one.toml", &own("one"));
+    let hookside = watching(&dir).await;
+    assert_eq!(path_of(&hookside, "one").await, "/one");
+    assert_eq!(state_of(&hookside, "one").await, "ok");
+    // The webhook's own edit still applies: the template did not change.
+    dir.file("one.toml", &own("one-b"));
+    assert!(serves(&hookside, "one", "/one-b").await);
+}
+
+#[tokio::test]
 async fn a_rotated_secret_file_takes_effect_without_a_restart() {
     let upstream =
         Upstream::start(|seen| Reply::json(200, json!({"auth": seen.header("authorization")})))
