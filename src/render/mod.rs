@@ -678,7 +678,14 @@ impl UrlTemplate {
         let authority_parsed = authority.clone();
         // A context value may carry a path into the origin (`base = "api.example/v1"`):
         // it prefixes every request's path, as it did when the URL was one string.
-        let origin_path = uri.path().strip_suffix('/').unwrap_or_default().to_owned();
+        // (`api.example/` ends in a slash the path's own first one would double.)
+        let origin_path = uri.path().trim_end_matches('/').to_owned();
+        if origin_path.is_empty() && path_source.starts_with("//") {
+            return Err(
+                "url: the path begins with `//`, which a server may read as a host; write one `/`"
+                    .into(),
+            );
+        }
         Ok(UrlTemplate {
             scheme,
             authority: authority_parsed,
@@ -712,10 +719,11 @@ impl UrlTemplate {
             format!("{}{path}", self.origin_path)
         };
         // `//evil.example/x` as a request target reads as a host to a server that splits
-        // it as a URL (an empty value at the path's start: `/{{ mode }}/{{ id }}`).
+        // it as a URL: an empty value at the path's start (`/{{ mode }}/{{ id }}`). The
+        // file's own path never begins so (refused when it loads).
         if url.starts_with("//") {
             return Err(format!(
-                "the path {url:?} begins with `//` (an empty value at its start?), which a server may read as a host"
+                "an empty value made the path {url:?} begin with `//`, which a server may read as a host"
             ));
         }
         let query = match &self.query {
@@ -985,13 +993,34 @@ l = "plain"
             .expect("compiles");
         let hostile = json!({"mode": "", "id": "evil.example"});
         let refused = url.render(&Scope::new(&fixed, &hostile), "");
-        assert!(refused.is_err_and(|e| e.contains("begins with `//`")));
+        assert!(refused.is_err_and(|e| e.contains("begin with `//`")));
         let fine = json!({"mode": "live", "id": "7"});
         let rendered = url.render(&Scope::new(&fixed, &fine), "").expect("renders");
         assert_eq!(rendered, "https://api.example/live/7");
         // Further in, an empty value makes `//` that no server reads as a host.
         let inner = json!({"mode": "live", "id": ""});
         assert!(url.render(&Scope::new(&fixed, &inner), "").is_ok());
+        // Written in the file, it is refused when the file loads.
+        let written = UrlTemplate::compile("https://api.example//v1/x", &fixed);
+        assert!(written.is_err_and(|e| e.contains("begins with `//`")));
+        // An origin that ends in a slash does not double the path's first one.
+        let context = [("host".to_owned(), "api.example/".to_owned())]
+            .into_iter()
+            .collect();
+        let fixed_slash = Fixed::new(&context, "w", "c");
+        for (url, target) in [
+            (
+                "https://{{ context.host }}/v1/x",
+                "https://api.example/v1/x",
+            ),
+            ("https://{{ context.host }}", "https://api.example/"),
+        ] {
+            let rendered = UrlTemplate::compile(url, &fixed_slash)
+                .expect("compiles")
+                .render(&Scope::new(&fixed_slash, &fine), "")
+                .expect("renders");
+            assert_eq!(rendered, target);
+        }
     }
 
     #[test]
