@@ -77,9 +77,10 @@ pub fn current_hash(watched: &[Watched], extra_file: Option<&Path>) -> u64 {
     hasher.finish()
 }
 
-/// Whether `raw` mentions a secret reference at all.
+/// Whether `raw` mentions a secret reference at all, or one misspelt (`${ENV:TOKEN}`):
+/// where secrets are not resolved, either is refused.
 pub fn has_reference(raw: &str) -> bool {
-    raw.contains("${env:") || raw.contains("${file:")
+    raw.contains("${env:") || raw.contains("${file:") || lookalike(raw, false).is_some()
 }
 
 /// Splits `raw` into text and resolved secrets. Relative `${file:...}` paths are taken
@@ -124,7 +125,7 @@ fn split(
             .find('}')
             .ok_or_else(|| format!("unterminated secret reference `{}`", &rest[start..]))?;
         let reference = &after[..end];
-        if reference.ends_with(':') {
+        if reference.trim_end().ends_with(':') {
             return Err(format!(
                 "secret reference `${{{reference}}}` names nothing: write `${{env:NAME}}` or `${{file:PATH}}`"
             ));
@@ -139,40 +140,67 @@ fn split(
     Ok(pieces)
 }
 
-/// Refuses text that looks like a secret reference but is not one (`${ENV:TOKEN}`,
-/// `${ env:TOKEN }`, `${secret:TOKEN}`, a shell's `${TOKEN}`): it would be sent as written,
-/// a wrong credential that nothing shows. Text that only contains `${` (a Jinja string
-/// `{{ "${" }}`) is left alone: a word must follow it, then `:` or `}`.
-fn not_a_lookalike(text: &str) -> Result<(), String> {
+/// Words that name where a secret would come from, in a reference misspelt
+/// (`${ENV:TOKEN}`, `${ file:key }`, `${secret:TOKEN}`).
+const PROVIDERS: [&str; 5] = ["env", "file", "secret", "secrets", "vault"];
+
+/// A look-alike reference in `text`, if any, with the spelling meant: `${ENV:TOKEN}`,
+/// `${ env:TOKEN }`, `${secret:TOKEN}` and, where only secrets go (`shell_style`), a shell's
+/// `${TOKEN}` in capitals. Text inside `{{ }}` or `{% %}` is Jinja's (a string there is the
+/// way to send such text as written), and `${name}` in lower case is left alone: an
+/// upstream's own placeholders may be written so.
+fn lookalike(text: &str, shell_style: bool) -> Option<String> {
     for (at, _) in text.match_indices("${") {
+        if inside_jinja(text, at) {
+            continue;
+        }
         let inside = &text[at + 2..];
         let word_start = inside.len() - inside.trim_start().len();
         let word_len = inside[word_start..]
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(inside.len() - word_start);
         let word = &inside[word_start..word_start + word_len];
         let after = inside[word_start + word_len..].trim_start();
-        if word.is_empty() || !(after.starts_with(':') || after.starts_with('}')) {
-            continue;
-        }
+        let lower = word.to_ascii_lowercase();
         let written = inside.find('}').map_or(inside, |end| &inside[..end]);
         let hint = match after.strip_prefix(':') {
-            Some(name) if ["env", "file"].contains(&word.to_ascii_lowercase().as_str()) => {
-                format!(
-                    "did you mean `${{{}:{}}}`?",
-                    word.to_ascii_lowercase(),
-                    name.split('}').next().unwrap_or_default().trim()
-                )
+            Some(name) if lower == "env" || lower == "file" => format!(
+                "did you mean `${{{lower}:{}}}`?",
+                name.split('}').next().unwrap_or_default().trim()
+            ),
+            Some(_) if PROVIDERS.contains(&lower.as_str()) => {
+                "a secret comes from `${env:NAME}` or `${file:PATH}`".to_owned()
             }
-            Some(_) => "a secret comes from `${env:NAME}` or `${file:PATH}`".to_owned(),
-            None => format!("did you mean `${{env:{word}}}`?"),
+            None if shell_style
+                && after.starts_with('}')
+                && word.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+                && !word.contains(|c: char| c.is_ascii_lowercase()) =>
+            {
+                format!("did you mean `${{env:{word}}}`?")
+            }
+            _ => continue,
         };
-        return Err(format!(
+        return Some(format!(
             "`${{{written}}}` is not a secret reference and would be sent as written: {hint} \
-             (lowercase, no spaces)"
+             (lowercase, no spaces; to send such text, write it in a Jinja string)"
         ));
     }
-    Ok(())
+    None
+}
+
+/// Whether the byte at `at` lies inside a `{{ }}` or `{% %}` tag of `text`.
+fn inside_jinja(text: &str, at: usize) -> bool {
+    let before = &text[..at];
+    [("{{", "}}"), ("{%", "%}")].iter().any(|(open, close)| {
+        before
+            .rfind(open)
+            .is_some_and(|start| !before[start..].contains(close))
+    })
+}
+
+/// Refuses text with a look-alike reference where secrets go ([`lookalike`]).
+fn not_a_lookalike(text: &str) -> Result<(), String> {
+    lookalike(text, true).map_or(Ok(()), Err)
 }
 
 /// Joins pieces into the value to send (secrets in clear).
@@ -283,7 +311,12 @@ mod tests {
                 "${secret:X}",
                 "a secret comes from `${env:NAME}` or `${file:PATH}`",
             ),
+            (
+                "${VAULT:X}",
+                "a secret comes from `${env:NAME}` or `${file:PATH}`",
+            ),
             ("${env:}", "names nothing"),
+            ("${env: }", "names nothing"),
             ("${file:}", "names nothing"),
             (
                 "${env:HOOKSIDE_TEST_SURELY_UNSET} ${Env:B}",
@@ -293,9 +326,26 @@ mod tests {
             let err = resolve_or_placeholder(raw, base).unwrap_err();
             assert!(err.contains(hint), "{raw}: {err}");
         }
-        for fine in ["{{ \"${\" }}", "$ {x}", "${", "price: $5", "${ }"] {
+        // Jinja's text, an upstream's lower-case placeholders, and what is no reference.
+        for fine in [
+            "{{ \"${\" }}",
+            "{{ \"${TOKEN}\" }}",
+            "{% if x %}{{ \"${TOKEN}\" }}{% endif %}",
+            "Hi ${name}",
+            "p${ass}",
+            "price > ${min}",
+            "${user:id}",
+            "${-}",
+            "$ {x}",
+            "${",
+            "price: $5",
+            "${ }",
+        ] {
             assert!(resolve(fine, base).is_ok(), "{fine}");
         }
+        // Where secrets are not resolved, only a provider's look-alike counts.
+        assert!(has_reference("${ENV:T}"));
+        assert!(!has_reference("Hello ${NAME}"));
     }
 
     #[test]
