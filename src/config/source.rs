@@ -250,11 +250,17 @@ pub fn toml_message(err: &toml::de::Error, text: &str) -> String {
             "sequence" => "array",
             other => other,
         };
-        // `struct RawAuth` and `u16` are names of the code, not of the file.
+        // `struct RawAuth` and `u16` are names of the code, not of the file. A value out of
+        // range says the range.
+        let out_of_range = prefix == "invalid value: ";
         let expected = match expected {
             _ if expected.starts_with("struct ") => "a table",
             "a map" => "a table",
             "a sequence" => "an array",
+            "u8" if out_of_range => "an integer from 0 to 255",
+            "u16" if out_of_range => "an integer from 0 to 65535",
+            "u32" if out_of_range => "an integer from 0 to 4294967295",
+            "u64" | "usize" if out_of_range => "an integer from 0 up",
             "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" => "an integer",
             other => other,
         };
@@ -270,12 +276,22 @@ pub fn toml_message(err: &toml::de::Error, text: &str) -> String {
             (_, "integer" | "floating point number" | "boolean", "a string") => {
                 " (write it in quotes)"
             }
-            (_, "string", "an integer") => " (write it without quotes)",
+            (_, "string", "an integer") if quoted_integer(err, text) => {
+                " (write it without quotes)"
+            }
             _ => "",
         };
         return format!("{prefix}{kind}, expected {expected}{hint}");
     }
     message.to_owned()
+}
+
+/// Whether the value an error points at is a string that holds an integer (`"200"`).
+fn quoted_integer(err: &toml::de::Error, text: &str) -> bool {
+    err.span()
+        .and_then(|span| text.get(span))
+        .map(|value| value.trim().trim_matches(['"', '\'']))
+        .is_some_and(|inner| inner.parse::<i64>().is_ok())
 }
 
 /// The table whose header (`[name]`) is the last before `offset`, if any.

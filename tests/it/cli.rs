@@ -1259,6 +1259,8 @@ fn check_says_how_to_write_the_webhook_builders_words_and_values_of_the_wrong_ty
             "[variables]\nc = \"{{ response.a }} and {{ response.b }}\"",
         ),
         ("status", "[[examples]]\nstatus = \"200\""),
+        ("status-word", "[[examples]]\nstatus = \"ok\""),
+        ("status-range", "[[examples]]\nstatus = 70000"),
         ("headers-string", "headers = \"x\""),
         ("examples-table", "examples = {}"),
     ] {
@@ -1278,6 +1280,8 @@ fn check_says_how_to_write_the_webhook_builders_words_and_values_of_the_wrong_ty
             "execution.toml:3:13: execution: \"Synchronous\" is written \"sync\"",
             "auth-words.toml:4:8: auth.type: \"No authentication\" is written \"none\"",
             "status.toml:4:10: invalid type: string, expected an integer (write it without quotes)",
+            "status-word.toml:4:10: invalid type: string, expected an integer\n",
+            "status-range.toml:4:10: invalid value: integer, expected an integer from 0 to 65535",
             "headers-string.toml:3:11: invalid type: string, expected a table",
             "examples-table.toml:3:12: invalid type: table, expected an array",
             "mapper.toml:4:5: variables.c: a variable is one expression, bare or in one {{ }}; to join values and text, write them in one: {{ response.a ~ ' and ' ~ response.b }}",
