@@ -13,32 +13,6 @@ use crate::render::lookup::{Lookup, Step};
 use crate::render::select::{Data, Phase, Reads, Selection};
 use crate::render::{Scope, ValueExpr};
 
-/// The most a JSONPath's matches may hold, as JSON text. A descent (`$..id`) copies each
-/// match whole, so matches nested in each other hold the response many times over: an
-/// upstream could shape 8 MiB into a gigabyte of answer. Past this, the variable is missing.
-pub const MATCHES_LIMIT: usize = 10 * 1024 * 1024;
-
-/// Takes `value`'s size as JSON text (about: numbers count 8, escapes 0) from `budget`;
-/// false as soon as it runs out, without walking further.
-fn fits(value: &serde_json::Value, budget: &mut usize) -> bool {
-    use serde_json::Value;
-    let own = match value {
-        Value::String(text) => text.len() + 2,
-        Value::Array(items) => items.len() + 1,
-        Value::Object(map) => map.keys().map(|key| key.len() + 4).sum::<usize>() + 1,
-        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
-    };
-    let Some(left) = budget.checked_sub(own) else {
-        return false;
-    };
-    *budget = left;
-    match value {
-        Value::Array(items) => items.iter().all(|item| fits(item, budget)),
-        Value::Object(map) => map.values().all(|item| fits(item, budget)),
-        _ => true,
-    }
-}
-
 /// One compiled Custom Variable.
 #[derive(Debug)]
 pub struct Variable {
@@ -72,6 +46,50 @@ pub struct Outcome {
     /// Why nothing was found, when nothing was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub missing: Option<String>,
+}
+
+/// The most the JSONPath matches of one invocation's variables may hold together, as JSON
+/// text. A descent (`$..id`) copies each match whole, so matches nested in each other hold
+/// the response many times over: an upstream could shape 8 MiB into a gigabyte of answer.
+/// Past this, a variable is missing.
+pub const MATCHES_LIMIT: usize = 10 * 1024 * 1024;
+
+/// A copy of `value`, its size as JSON text taken from `budget` as it is made (a control
+/// character counts as its six-character escape); `None` once the budget runs out.
+fn copy_within(value: &serde_json::Value, budget: &mut usize) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    fn text_len(text: &str) -> usize {
+        let escapes: usize = text
+            .bytes()
+            .map(|b| match b {
+                0..0x20 => 5,
+                b'"' | b'\\' => 1,
+                _ => 0,
+            })
+            .sum();
+        text.len() + 2 + escapes
+    }
+    let own = match value {
+        Value::String(text) => text_len(text),
+        Value::Array(items) => items.len() + 1,
+        Value::Object(map) => map.keys().map(|key| text_len(key) + 1).sum::<usize>() + 1,
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+    };
+    *budget = budget.checked_sub(own)?;
+    Some(match value {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| copy_within(item, budget))
+                .collect::<Option<_>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, item)| Some((key.clone(), copy_within(item, budget)?)))
+                .collect::<Option<_>>()?,
+        ),
+        other => other.clone(),
+    })
 }
 
 /// A JSONPath parse error on one line. The parser's are pest's reports over several lines
@@ -172,9 +190,10 @@ impl Variable {
     }
 
     /// Evaluates against the response body (`response`) and `scope` (which holds
-    /// `response`, `status`, `headers` and the request data).
-    pub fn evaluate(&self, response: Data<'_>, scope: &Scope<'_>) -> Outcome {
-        let (value, missing) = self.find(response, scope);
+    /// `response`, `status`, `headers` and the request data). `budget`: what JSONPath
+    /// matches may still hold, shared by one invocation's variables ([`MATCHES_LIMIT`]).
+    pub fn evaluate(&self, response: Data<'_>, scope: &Scope<'_>, budget: &mut usize) -> Outcome {
+        let (value, missing) = self.find(response, scope, budget);
         Outcome {
             name: self.name.clone(),
             expression: self.source.clone(),
@@ -188,6 +207,7 @@ impl Variable {
         &self,
         response: Data<'_>,
         scope: &Scope<'_>,
+        budget: &mut usize,
     ) -> (serde_json::Value, Option<String>) {
         match &self.kind {
             VariableKind::PlainPath(lookup) => match response.find(None, &lookup.steps) {
@@ -206,18 +226,25 @@ impl Variable {
                         Some("no match in the response".to_owned()),
                     ),
                     Ok(found) => {
-                        let mut budget = MATCHES_LIMIT;
-                        if found.iter().all(|hit| fits(hit.val, &mut budget)) {
-                            let values = found.into_iter().map(|hit| hit.val.clone()).collect();
-                            (serde_json::Value::Array(values), None)
-                        } else {
-                            let why = format!(
-                                "its {} matches hold more than {} MiB of JSON (matches nested \
-                                 in each other, as `..` finds them, repeat the response)",
-                                found.len(),
-                                MATCHES_LIMIT / (1024 * 1024)
-                            );
-                            (serde_json::Value::Null, Some(why))
+                        let count = found.len();
+                        let before = *budget;
+                        let copied: Option<Vec<_>> = found
+                            .into_iter()
+                            .map(|hit| copy_within(hit.val, budget))
+                            .collect();
+                        match copied {
+                            Some(values) => (serde_json::Value::Array(values), None),
+                            None => {
+                                // Its matches are not in the answer: they spend nothing.
+                                *budget = before;
+                                let why = format!(
+                                    "its {count} matches, with the other JSONPath variables', \
+                                     hold more than {} MiB of JSON (matches nested in each \
+                                     other, as `..` finds them, repeat the response)",
+                                    MATCHES_LIMIT / (1024 * 1024)
+                                );
+                                (serde_json::Value::Null, Some(why))
+                            }
                         }
                     }
                     Err(err) => (
@@ -257,7 +284,7 @@ mod tests {
             status: 200,
             headers: &headers,
         });
-        variable.evaluate(Data::Whole(&response), &scope)
+        variable.evaluate(Data::Whole(&response), &scope, &mut MATCHES_LIMIT.clone())
     }
 
     #[test]
@@ -342,10 +369,8 @@ mod tests {
         let outcome = run("$..id", deep.clone());
         assert_eq!(outcome.value, json!(null));
         assert!(
-            outcome
-                .missing
-                .as_deref()
-                .is_some_and(|m| m.contains("64 matches hold more than 10 MiB")),
+            outcome.missing.as_deref().is_some_and(|m| m
+                .contains("64 matches, with the other JSONPath variables', hold more than 10 MiB")),
             "{outcome:?}"
         );
         // Under the limit, every match is there.
@@ -353,11 +378,37 @@ mod tests {
         for _ in 0..64 {
             shallow = json!({ "id": shallow });
         }
-        let outcome = run("$..id", shallow);
+        let outcome = run("$..id", shallow.clone());
         assert_eq!(
             outcome.value.as_array().map(Vec::len),
             Some(64),
             "{outcome:?}"
         );
+        // One invocation's JSONPath variables share the limit; what fails spends nothing.
+        // `$..id` over `shallow` copies about 66 KiB (64 times the 1 KiB string); `$.id.id`
+        // about 1 KiB.
+        let mut budget = 100 * 1024;
+        let descent = Variable::compile("v", "$..id").expect("compiles");
+        let small = Variable::compile("w", "$.id.id").expect("compiles");
+        let fixed = Fixed::new(&Default::default(), "w", "c");
+        let conversation = json!({});
+        let headers = http::HeaderMap::new();
+        let data = Data::Whole(&shallow);
+        let scope = Scope::new(&fixed, &conversation).with_answer(Answer {
+            response: data,
+            status: 200,
+            headers: &headers,
+        });
+        let first = descent.evaluate(data, &scope, &mut budget);
+        assert_eq!(
+            first.value.as_array().map(Vec::len),
+            Some(64),
+            "{:?}",
+            first.missing
+        );
+        let second = descent.evaluate(data, &scope, &mut budget);
+        assert!(second.missing.is_some(), "two copies do not fit");
+        let third = small.evaluate(data, &scope, &mut budget);
+        assert!(third.missing.is_none(), "{:?}", third.missing);
     }
 }

@@ -297,10 +297,11 @@ pub fn map_variables(
         status,
         headers,
     });
+    let mut budget = crate::mapping::MATCHES_LIMIT;
     webhook
         .variables
         .iter()
-        .map(|variable| variable.evaluate(response, &scope))
+        .map(|variable| variable.evaluate(response, &scope, &mut budget))
         .collect()
 }
 
@@ -400,8 +401,9 @@ pub async fn call_and_map(
             status,
             headers: &answer.headers,
         });
+        let mut budget = crate::mapping::MATCHES_LIMIT;
         for variable in &webhook.variables {
-            let (value, why) = variable.find(response, &scope);
+            let (value, why) = variable.find(response, &scope, &mut budget);
             if why.is_some() {
                 missing.push(variable.name.clone());
             }
