@@ -206,9 +206,11 @@ pub async fn reload(state: &State, reason: &str) {
             }
         }
         Err(err) => {
-            // Once per error: a missing directory is retried every second until it loads.
-            let dir_error = err.to_string();
-            if previous.dir_error.as_ref() != Some(&dir_error) {
+            // A directory that cannot be read, once per error: a missing one is retried
+            // every second until it loads. Any other failure (a panic) every time.
+            let dir_error =
+                matches!(err, config::LoadError::Directory { .. }).then(|| err.to_string());
+            if dir_error.is_none() || previous.dir_error != dir_error {
                 tracing::error!(reason, error = %err, "reload failed; keeping what serves");
             }
             let (webhooks, failed) = previous
@@ -221,7 +223,7 @@ pub async fn reload(state: &State, reason: &str) {
                 loaded: previous.loaded.clone(),
                 companies,
                 config_problems,
-                dir_error: Some(dir_error),
+                dir_error,
                 revision: previous.revision + 1,
                 last_reload: Some(ReloadOutcome {
                     at: SystemTime::now(),

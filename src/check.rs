@@ -54,14 +54,14 @@ pub fn check(dir: &Path, settings: &Settings) -> Result<Report, LoadError> {
     let upstream = Upstream::new(settings.deny_networks.clone());
     let loaded = config::load(dir, &settings, &upstream, None)?;
     let mut problems: Vec<Problem> = loaded.problems().cloned().collect();
-    for link in &loaded.dangling {
+    for (link, why) in &loaded.dangling {
         let target = std::fs::read_link(link).unwrap_or_default();
         problems.push(Problem {
             path: link.clone(),
             line: None,
             column: None,
             message: format!(
-                "a symbolic link to {}, which does not exist: no webhook is read from it",
+                "a symbolic link to {}, {why}: no webhook is read from it",
                 target.display()
             ),
         });

@@ -43,9 +43,10 @@ pub struct Loaded {
     /// Where symbolic links in the directory lead outside it (canonical): what a watch of
     /// the directory does not see change, for the watcher to watch too.
     pub links: Vec<PathBuf>,
-    /// `*.toml` links that lead nowhere: no file to serve (a ConfigMap's old links while it
-    /// is swapped are such), but a mistake in a reviewed tree, which `check` reports.
-    pub dangling: Vec<PathBuf>,
+    /// `*.toml` links that lead nowhere, and why (missing, a loop, no permission): no file
+    /// to serve (a ConfigMap's old links while it is swapped are such), but a mistake in a
+    /// reviewed tree, which `check` reports.
+    pub dangling: Dangling,
 }
 
 /// What a reload keeps of a parsed file: enough to resolve names and `extends` without
@@ -710,9 +711,12 @@ pub fn scan(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, LoadError> {
 /// Files found by a scan, with their stamps.
 type Found = Vec<(PathBuf, Stamp)>;
 
+/// `*.toml` links a scan could not follow, with why (`which does not exist`).
+pub type Dangling = Vec<(PathBuf, String)>;
+
 /// [`scan`], where the symbolic links it followed lead outside `dir` (canonical paths:
 /// directories, and `*.toml` files), and the `*.toml` links that lead nowhere.
-fn scan_with_links(dir: &Path) -> Result<(Found, Vec<PathBuf>, Vec<PathBuf>), LoadError> {
+fn scan_with_links(dir: &Path) -> Result<(Found, Vec<PathBuf>, Dangling), LoadError> {
     let root = std::fs::read_dir(dir).map_err(|source| LoadError::Directory {
         path: dir.to_path_buf(),
         source,
@@ -731,7 +735,7 @@ fn scan_with_links(dir: &Path) -> Result<(Found, Vec<PathBuf>, Vec<PathBuf>), Lo
     walk.found.sort_by(|a, b| a.0.cmp(&b.0));
     walk.links.sort();
     walk.links.dedup();
-    walk.dangling.sort();
+    walk.dangling.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((walk.found, walk.links, walk.dangling))
 }
 
@@ -741,7 +745,7 @@ struct Walk {
     visited: HashSet<PathBuf>,
     found: Found,
     links: Vec<PathBuf>,
-    dangling: Vec<PathBuf>,
+    dangling: Dangling,
 }
 
 impl Walk {
@@ -751,11 +755,22 @@ impl Walk {
                 continue;
             }
             let path = entry.path();
-            let Ok(metadata) = std::fs::metadata(&path) else {
-                if path.extension().is_some_and(|ext| ext == "toml") {
-                    self.dangling.push(path);
+            let metadata = match std::fs::metadata(&path) {
+                Ok(metadata) => metadata,
+                Err(err) => {
+                    // A link that leads nowhere (a file removed since the listing is gone).
+                    if path.extension().is_some_and(|ext| ext == "toml")
+                        && entry.file_type().is_ok_and(|t| t.is_symlink())
+                    {
+                        let why = if err.kind() == std::io::ErrorKind::NotFound {
+                            "which does not exist".to_owned()
+                        } else {
+                            format!("which cannot be followed ({err})")
+                        };
+                        self.dangling.push((path, why));
+                    }
+                    continue;
                 }
-                continue; // a dangling link
             };
             let linked = entry.file_type().is_ok_and(|t| t.is_symlink());
             if metadata.is_dir() {

@@ -187,10 +187,17 @@ pub const MAX_SECRET: usize = 64 * 1024;
 /// The most a `[tls] ca_file` may hold (Mozilla's whole bundle is about 230 KB).
 pub const MAX_CA_FILE: usize = 4 * 1024 * 1024;
 
-/// Reads at most `limit` bytes of `path`: a larger file (or a device that never ends, a
-/// path given by mistake) is an error, read no further.
+/// Reads at most `limit` bytes of `path`: a larger file is an error, read no further, and
+/// so is what is not a regular file (a path given by mistake).
 pub fn read_at_most(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    // A FIFO or a device (`/dev/stdin`, `/dev/zero`) would block the reload, or never end.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(limit as u64 + 1)
@@ -343,7 +350,7 @@ mod tests {
         let err = read_at_most(&path, 1024).expect_err("over the limit");
         assert_eq!(err.to_string(), "the file is larger than 1 KiB");
         let err = read_text_at_most(Path::new("/dev/zero"), MAX_FILE).expect_err("endless");
-        assert_eq!(err.to_string(), "the file is larger than 1 MiB");
+        assert_eq!(err.to_string(), "not a regular file");
         std::fs::write(&path, [0xff, 0xfe]).expect("write");
         assert!(read_text_at_most(&path, MAX_FILE).is_err(), "not UTF-8");
     }

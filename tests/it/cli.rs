@@ -668,16 +668,30 @@ fn a_link_to_a_webhook_file_that_does_not_exist_fails_the_check() {
         out.contains("1 problem in 1 file (1 file, 1 webhook loaded"),
         "{out}"
     );
+    // A loop is told as one.
+    std::os::unix::fs::symlink("loop.toml", dir.path().join("loop.toml")).expect("symlink");
+    let out = text(&check(&dir));
+    assert!(
+        out.contains("loop.toml: a symbolic link to loop.toml, which cannot be followed ("),
+        "{out}"
+    );
 }
 
 #[test]
 fn files_and_secrets_past_their_size_limit_are_refused_unread() {
     let dir = Dir::new();
-    let mut huge = String::from("company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[headers]\n");
-    for i in 0..80_000 {
-        huge.push_str(&format!("X-H{i} = \"v\"\n"));
-    }
+    // One byte over the limit: valid TOML, the rest a comment.
+    let mut huge = String::from("company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n# ");
+    huge.push_str(&"x".repeat(1024 * 1024 + 1 - huge.len()));
     dir.file("huge.toml", &huge);
+    let mut fits = String::from("company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n# ");
+    fits.push_str(&"x".repeat(1024 * 1024 - fits.len()));
+    dir.file("fits.toml", &fits);
+    dir.file("big-secret", &"s".repeat(64 * 1024 + 1));
+    dir.file(
+        "big.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${file:big-secret}\"\n",
+    );
     dir.file(
         "zero.toml",
         "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"${file:/dev/zero}\"\n",
@@ -689,8 +703,15 @@ fn files_and_secrets_past_their_size_limit_are_refused_unread() {
         out.contains("huge.toml: cannot read: the file is larger than 1 MiB"),
         "{out}"
     );
+    assert!(!out.contains("fits.toml"), "{out}");
     assert!(
-        out.contains("zero.toml:5:9: warning: auth.token: secret `${file:/dev/zero}`: cannot read /dev/zero: the file is larger than 64 KiB"),
+        out.contains(
+            "big.toml:5:9: warning: auth.token: secret `${file:big-secret}`: cannot read "
+        ) && out.contains("big-secret: the file is larger than 64 KiB"),
+        "{out}"
+    );
+    assert!(
+        out.contains("zero.toml:5:9: warning: auth.token: secret `${file:/dev/zero}`: cannot read /dev/zero: not a regular file"),
         "{out}"
     );
 }
