@@ -155,13 +155,18 @@ fn main() -> ExitCode {
         ),
         Command::Schema => {
             let schema = hookside::config::raw::schema();
-            emit(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&schema).unwrap_or_default()
-            ));
+            emit_json(&schema);
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Writes `value` to stdout as pretty JSON, with a final line break ([`emit`]).
+fn emit_json(value: &impl serde::Serialize) {
+    emit(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    ));
 }
 
 /// Writes a command's output to stdout. A reader that went away (`| head`, `| true`) is
@@ -209,7 +214,10 @@ fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>, format: F
         }
     };
     let mut report = match hookside::check::check(dir, &settings) {
-        Ok(report) => report,
+        Ok(mut report) => {
+            report.warnings.splice(0..0, config_warnings);
+            report
+        }
         Err(err) => failed(vec![Problem {
             path: dir.to_path_buf(),
             line: None,
@@ -219,13 +227,9 @@ fn check(dir: &std::path::Path, config_path: Option<&std::path::Path>, format: F
     };
     report.ok &= config_problems.is_empty();
     report.problems.splice(0..0, config_problems);
-    report.warnings.splice(0..0, config_warnings);
     match format {
         Format::Text => emit(&report.to_text()),
-        Format::Json => emit(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        )),
+        Format::Json => emit_json(&report),
     }
     if report.ok {
         ExitCode::SUCCESS
@@ -334,10 +338,7 @@ fn run(
         settings.max_response_body,
     ));
     if json {
-        emit(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&result.to_json()).unwrap_or_default()
-        ));
+        emit_json(&result.to_json());
     } else {
         emit(&result.to_text());
     }

@@ -518,6 +518,15 @@ fn scrub_invocation(invocation: &mut Invocation, secrets: &[String]) {
     }
 }
 
+/// Replaces every occurrence of a secret in `text` by `***`.
+pub fn scrub_text(text: &mut String, secrets: &[String]) {
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            *text = text.replace(secret.as_str(), "***");
+        }
+    }
+}
+
 /// Replaces every occurrence of a secret in `value`'s strings and keys by `***`; a number
 /// whose digits hold one (a PIN echoed as `4455667788`) becomes the string with `***`.
 pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {

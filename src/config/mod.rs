@@ -462,10 +462,7 @@ fn read_and_parse(
     if let Some(cached) = cached.filter(|c| settled && c.stamp == stamp) {
         return Ok(cached.clone());
     }
-    let shared: Arc<Path> = Arc::from(path);
-    let text = source::read_text_at_most(path, source::MAX_FILE).map_err(|err| {
-        vec![Location::file(Arc::clone(&shared)).problem(format!("cannot read: {err}"))]
-    })?;
+    let (shared, text) = read_source(path)?;
     let hash = hash_of(&text);
     if let Some(cached) = cached.filter(|cached| cached.hash == hash) {
         return Ok(Parsed {
@@ -487,11 +484,19 @@ fn read_and_parse(
 /// Parses a file whose parsed form was not kept (an unchanged webhook whose template or
 /// secret changed).
 fn parse_file(path: &Path) -> Result<Def, Vec<Problem>> {
-    let shared: Arc<Path> = Arc::from(path);
-    let text = source::read_text_at_most(path, source::MAX_FILE).map_err(|err| {
-        vec![Location::file(Arc::clone(&shared)).problem(format!("cannot read: {err}"))]
-    })?;
+    let (shared, text) = read_source(path)?;
     raw::parse(&SourceFile::new(shared, text))
+}
+
+/// A webhook file's text (at most [`source::MAX_FILE`]), or why it cannot be read.
+fn read_source(path: &Path) -> Result<(Arc<Path>, String), Vec<Problem>> {
+    let shared: Arc<Path> = Arc::from(path);
+    match source::read_text_at_most(path, source::MAX_FILE) {
+        Ok(text) => Ok((shared, text)),
+        Err(err) => Err(vec![
+            Location::file(shared).problem(format!("cannot read: {err}")),
+        ]),
+    }
 }
 
 impl Loaded {

@@ -157,13 +157,21 @@ impl fmt::Display for Problem {
     }
 }
 
-/// `text` with its control characters escaped (`\u{1b}`, `\t`): a file name may hold an
-/// escape sequence or a line break, which would repaint a terminal or forge a log line.
+impl std::error::Error for Problem {}
+
+/// `text` with its control characters escaped (`\u{1b}`, `\t`), and the characters that
+/// reorder or break lines (bidi overrides, U+2028): a file name may hold an escape
+/// sequence or a line break, which would repaint a terminal, forge a log line, or show a
+/// reviewer another name than the file's.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+    };
+    if text.chars().any(hidden) {
         text.chars()
             .map(|c| {
-                if c.is_control() {
+                if hidden(c) {
                     c.escape_debug().to_string()
                 } else {
                     c.to_string()
@@ -175,8 +183,6 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         text.into()
     }
 }
-
-impl std::error::Error for Problem {}
 
 /// The most a webhook file or the config file may hold.
 pub const MAX_FILE: usize = 1024 * 1024;
@@ -333,11 +339,11 @@ mod tests {
             path: PathBuf::from("d/e\u{1b}[2J\nFAKE LOG LINE.toml"),
             line: Some(1),
             column: Some(2),
-            message: "name: \u{7}bad".to_owned(),
+            message: "name: \u{7}bad \u{202e}lmth.exe".to_owned(),
         };
         assert_eq!(
             problem.to_string(),
-            "d/e\\u{1b}[2J\\nFAKE LOG LINE.toml:1:2: name: \\u{7}bad"
+            "d/e\\u{1b}[2J\\nFAKE LOG LINE.toml:1:2: name: \\u{7}bad \\u{202e}lmth.exe"
         );
     }
 
