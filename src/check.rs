@@ -181,6 +181,7 @@ fn run_example(
         example.status,
         &headers,
         Data::Whole(&example.response),
+        crate::config::Settings::default().max_response_body,
     );
     // As serve answers: a secret the response echoes is `***` (and never printed here).
     for outcome in &mut trace {

@@ -48,15 +48,22 @@ pub struct Outcome {
     pub missing: Option<String>,
 }
 
-/// The most the JSONPath matches of one invocation's variables may hold together, as JSON
-/// text. A descent (`$..id`) copies each match whole, so matches nested in each other hold
-/// the response many times over: an upstream could shape 8 MiB into a gigabyte of answer.
-/// Past this, a variable is missing.
-pub const MATCHES_LIMIT: usize = 10 * 1024 * 1024;
+/// The most the values of one invocation's variables may hold together, as JSON text: a
+/// variable copies what it finds, and a descent (`$..id`) copies each match whole, so
+/// matches nested in each other, or many variables over one large value, hold the response
+/// many times over (an upstream could shape 8 MiB into a gigabyte of answer). A variable
+/// that does not fit is missing. See [`variables_budget`].
+pub const VARIABLES_LIMIT: usize = 16 * 1024 * 1024;
 
-/// A copy of `value`, its size as JSON text taken from `budget` as it is made (a control
-/// character counts as its six-character escape); `None` once the budget runs out.
-fn copy_within(value: &serde_json::Value, budget: &mut usize) -> Option<serde_json::Value> {
+/// The budget of one invocation's variables: [`VARIABLES_LIMIT`], or one and a half times
+/// the response limit when that is larger (so a whole response can always be mapped once).
+pub fn variables_budget(max_response_body: usize) -> usize {
+    VARIABLES_LIMIT.max(max_response_body.saturating_add(max_response_body / 2))
+}
+
+/// Takes `value`'s size as JSON text from `budget` (a control character counts as its
+/// six-character escape); false as soon as it runs out, without walking further.
+fn spend(value: &serde_json::Value, budget: &mut usize) -> bool {
     use serde_json::Value;
     fn text_len(text: &str) -> usize {
         let escapes: usize = text
@@ -75,21 +82,15 @@ fn copy_within(value: &serde_json::Value, budget: &mut usize) -> Option<serde_js
         Value::Object(map) => map.keys().map(|key| text_len(key) + 1).sum::<usize>() + 1,
         Value::Null | Value::Bool(_) | Value::Number(_) => 8,
     };
-    *budget = budget.checked_sub(own)?;
-    Some(match value {
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|item| copy_within(item, budget))
-                .collect::<Option<_>>()?,
-        ),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(key, item)| Some((key.clone(), copy_within(item, budget)?)))
-                .collect::<Option<_>>()?,
-        ),
-        other => other.clone(),
-    })
+    let Some(left) = budget.checked_sub(own) else {
+        return false;
+    };
+    *budget = left;
+    match value {
+        Value::Array(items) => items.iter().all(|item| spend(item, budget)),
+        Value::Object(map) => map.values().all(|item| spend(item, budget)),
+        _ => true,
+    }
 }
 
 /// A JSONPath parse error on one line. The parser's are pest's reports over several lines
@@ -190,8 +191,8 @@ impl Variable {
     }
 
     /// Evaluates against the response body (`response`) and `scope` (which holds
-    /// `response`, `status`, `headers` and the request data). `budget`: what JSONPath
-    /// matches may still hold, shared by one invocation's variables ([`MATCHES_LIMIT`]).
+    /// `response`, `status`, `headers` and the request data). `budget`: what the values of
+    /// the invocation's variables may still hold ([`variables_budget`]).
     pub fn evaluate(&self, response: Data<'_>, scope: &Scope<'_>, budget: &mut usize) -> Outcome {
         let (value, missing) = self.find(response, scope, budget);
         Outcome {
@@ -203,15 +204,29 @@ impl Variable {
     }
 
     /// The value alone (`null` when missing), and why it was not found, when it was not.
+    /// What it holds is taken from `budget`; a value that does not fit is missing, and
+    /// spends nothing.
     pub fn find(
         &self,
         response: Data<'_>,
         scope: &Scope<'_>,
         budget: &mut usize,
     ) -> (serde_json::Value, Option<String>) {
+        let before = *budget;
+        let too_large = |budget: &mut usize| {
+            *budget = before;
+            let why = format!(
+                "what it found, with the other variables' values, would hold more than {} MiB \
+                 of JSON (a `..` over objects nested in each other, or many variables over one \
+                 large value, repeat the response)",
+                VARIABLES_LIMIT / (1024 * 1024)
+            );
+            (serde_json::Value::Null, Some(why))
+        };
         match &self.kind {
             VariableKind::PlainPath(lookup) => match response.find(None, &lookup.steps) {
-                Some(found) => (found.clone(), None),
+                Some(found) if spend(found, budget) => (found.clone(), None),
+                Some(_) => too_large(budget),
                 None => (
                     serde_json::Value::Null,
                     Some("no match in the response".to_owned()),
@@ -225,28 +240,13 @@ impl Variable {
                         serde_json::Value::Null,
                         Some("no match in the response".to_owned()),
                     ),
-                    Ok(found) => {
-                        let count = found.len();
-                        let before = *budget;
-                        let copied: Option<Vec<_>> = found
-                            .into_iter()
-                            .map(|hit| copy_within(hit.val, budget))
-                            .collect();
-                        match copied {
-                            Some(values) => (serde_json::Value::Array(values), None),
-                            None => {
-                                // Its matches are not in the answer: they spend nothing.
-                                *budget = before;
-                                let why = format!(
-                                    "its {count} matches, with the other JSONPath variables', \
-                                     hold more than {} MiB of JSON (matches nested in each \
-                                     other, as `..` finds them, repeat the response)",
-                                    MATCHES_LIMIT / (1024 * 1024)
-                                );
-                                (serde_json::Value::Null, Some(why))
-                            }
-                        }
-                    }
+                    Ok(found) if found.iter().all(|hit| spend(hit.val, budget)) => (
+                        serde_json::Value::Array(
+                            found.into_iter().map(|hit| hit.val.clone()).collect(),
+                        ),
+                        None,
+                    ),
+                    Ok(_) => too_large(budget),
                     Err(err) => (
                         serde_json::Value::Null,
                         Some(format!("JSONPath failed: {err}")),
@@ -254,7 +254,8 @@ impl Variable {
                 }
             }
             VariableKind::Jinja(expression) => match expression.eval(scope) {
-                Ok(Some(value)) => (value, None),
+                Ok(Some(value)) if spend(&value, budget) => (value, None),
+                Ok(Some(_)) => too_large(budget),
                 Ok(None) => (
                     serde_json::Value::Null,
                     Some("the expression is undefined for this response".to_owned()),
@@ -284,7 +285,7 @@ mod tests {
             status: 200,
             headers: &headers,
         });
-        variable.evaluate(Data::Whole(&response), &scope, &mut MATCHES_LIMIT.clone())
+        variable.evaluate(Data::Whole(&response), &scope, &mut VARIABLES_LIMIT.clone())
     }
 
     #[test]
@@ -361,18 +362,48 @@ mod tests {
 
     #[test]
     fn matches_that_repeat_the_response_past_the_limit_are_missing() {
-        // 64 objects nested in each other around 256 KiB: `$..id` would copy 16 MiB.
+        // 80 objects nested in each other around 256 KiB: `$..id` would copy 20 MiB.
         let mut deep = json!("x".repeat(256 * 1024));
-        for _ in 0..64 {
+        for _ in 0..80 {
             deep = json!({ "id": deep });
         }
         let outcome = run("$..id", deep.clone());
         assert_eq!(outcome.value, json!(null));
         assert!(
-            outcome.missing.as_deref().is_some_and(|m| m
-                .contains("64 matches, with the other JSONPath variables', hold more than 10 MiB")),
-            "{outcome:?}"
+            outcome
+                .missing
+                .as_deref()
+                .is_some_and(|m| m.contains("would hold more than 16 MiB")),
+            "{:?}",
+            outcome.missing
         );
+        // Twenty variables over one 1 MiB value (a JSONPath, a Jinja lookup, a JSONPath of
+        // two matches, in turn): 16 MiB hold the first eleven; the twelfth (2 MiB) does not
+        // fit, spends nothing, and the thirteenth (1 MiB) still does; then none.
+        let big = json!({ "a": "y".repeat(1024 * 1024) });
+        let fixed = Fixed::new(&Default::default(), "w", "c");
+        let conversation = json!({});
+        let headers = http::HeaderMap::new();
+        let scope = Scope::new(&fixed, &conversation).with_answer(Answer {
+            response: Data::Whole(&big),
+            status: 200,
+            headers: &headers,
+        });
+        let mut budget = variables_budget(10 * 1024 * 1024);
+        let found: Vec<bool> = ["$.a", "response.a", "$['a','a']"]
+            .iter()
+            .cycle()
+            .take(20)
+            .map(|source| {
+                let variable = Variable::compile("v", source).expect("compiles");
+                variable
+                    .evaluate(Data::Whole(&big), &scope, &mut budget)
+                    .missing
+                    .is_none()
+            })
+            .collect();
+        let expected: Vec<bool> = (0..20).map(|i| i < 11 || i == 12).collect();
+        assert_eq!(found, expected);
         // Under the limit, every match is there.
         let mut shallow = json!("x".repeat(1024));
         for _ in 0..64 {

@@ -288,6 +288,7 @@ pub fn map_variables(
     status: u16,
     headers: &HeaderMap,
     response: Data<'_>,
+    max_response_body: usize,
 ) -> Vec<Outcome> {
     if webhook.variables.is_empty() {
         return Vec::new();
@@ -297,7 +298,7 @@ pub fn map_variables(
         status,
         headers,
     });
-    let mut budget = crate::mapping::MATCHES_LIMIT;
+    let mut budget = crate::mapping::variables_budget(max_response_body);
     webhook
         .variables
         .iter()
@@ -388,7 +389,14 @@ pub async fn call_and_map(
     let mut variables = serde_json::Map::new();
     let mut missing = Vec::new();
     if lenient_json {
-        trace = map_variables(webhook, scope, status, &answer.headers, response);
+        trace = map_variables(
+            webhook,
+            scope,
+            status,
+            &answer.headers,
+            response,
+            max_response_body,
+        );
         for outcome in &trace {
             if outcome.missing.is_some() {
                 missing.push(outcome.name.clone());
@@ -401,7 +409,7 @@ pub async fn call_and_map(
             status,
             headers: &answer.headers,
         });
-        let mut budget = crate::mapping::MATCHES_LIMIT;
+        let mut budget = crate::mapping::variables_budget(max_response_body);
         for variable in &webhook.variables {
             let (value, why) = variable.find(response, &scope, &mut budget);
             if why.is_some() {

@@ -200,7 +200,7 @@ proptest! {
         let headers = http::HeaderMap::new();
         let map = |data: Data<'_>, body: Data<'_>| {
             let scope = Scope::of(&webhook.fixed, data);
-            pipeline::map_variables(webhook, &scope, 200, &headers, body)
+            pipeline::map_variables(webhook, &scope, 200, &headers, body, 10 << 20)
         };
         let picked_answer = Data::Picked(&webhook.reads.response, &pruned_answer);
         prop_assert_eq!(
