@@ -914,17 +914,21 @@ impl Sink {
     /// Resolves the secrets of a value.
     fn resolve(&mut self, value: &Located<String>, field: &str) -> Option<Vec<Piece>> {
         let base = value.at.base_dir();
+        // Headers and query values are templates; `[auth]` values are not.
+        let templated = !field.starts_with("auth.");
         let resolved = if self.secrets_optional {
-            secret::resolve_or_placeholder(&value.value, base).map(|(pieces, missing)| {
-                for message in missing {
-                    self.warnings.push(value.problem(format!(
-                        "{field}: {message} (a placeholder stands in; serve needs it set)"
-                    )));
-                }
-                pieces
-            })
+            secret::resolve_or_placeholder(&value.value, base, templated).map(
+                |(pieces, missing)| {
+                    for message in missing {
+                        self.warnings.push(value.problem(format!(
+                            "{field}: {message} (a placeholder stands in; serve needs it set)"
+                        )));
+                    }
+                    pieces
+                },
+            )
         } else {
-            secret::resolve(&value.value, base)
+            secret::resolve(&value.value, base, templated)
         };
         resolved
             .map_err(|message| {

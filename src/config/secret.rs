@@ -64,7 +64,7 @@ pub fn current_hash(watched: &[Watched], extra_file: Option<&Path>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for value in watched {
-        match resolve(&value.raw, &value.base) {
+        match resolve(&value.raw, &value.base, true) {
             Ok(pieces) => reveal(&pieces).hash(&mut hasher),
             Err(message) => message.hash(&mut hasher),
         }
@@ -80,14 +80,15 @@ pub fn current_hash(watched: &[Watched], extra_file: Option<&Path>) -> u64 {
 /// Whether `raw` mentions a secret reference at all, or one misspelt (`${ENV:TOKEN}`):
 /// where secrets are not resolved, either is refused.
 pub fn has_reference(raw: &str) -> bool {
-    raw.contains("${env:") || raw.contains("${file:") || lookalike(raw, false).is_some()
+    raw.contains("${env:") || raw.contains("${file:") || lookalike(raw, false, true).is_some()
 }
 
 /// Splits `raw` into text and resolved secrets. Relative `${file:...}` paths are taken
 /// from `base_dir` (the folder of the file that mentions them). The error message names
-/// the reference, never a secret's value.
-pub fn resolve(raw: &str, base_dir: &Path) -> Result<Vec<Piece>, String> {
-    split(raw, |reference| resolve_one(reference, base_dir))
+/// the reference, never a secret's value. `templated`: the value is a Jinja template (a
+/// header, a query value), whose strings may hold `${...}` to send as written.
+pub fn resolve(raw: &str, base_dir: &Path, templated: bool) -> Result<Vec<Piece>, String> {
+    split(raw, templated, |reference| resolve_one(reference, base_dir))
 }
 
 /// Like [`resolve`], but a secret that cannot be resolved is replaced by a placeholder
@@ -95,9 +96,10 @@ pub fn resolve(raw: &str, base_dir: &Path) -> Result<Vec<Piece>, String> {
 pub fn resolve_or_placeholder(
     raw: &str,
     base_dir: &Path,
+    templated: bool,
 ) -> Result<(Vec<Piece>, Vec<String>), String> {
     let mut missing = Vec::new();
-    let pieces = split(raw, |reference| {
+    let pieces = split(raw, templated, |reference| {
         Ok(resolve_one(reference, base_dir).unwrap_or_else(|message| {
             missing.push(message);
             Secret {
@@ -111,13 +113,14 @@ pub fn resolve_or_placeholder(
 
 fn split(
     raw: &str,
+    templated: bool,
     mut resolve: impl FnMut(&str) -> Result<Secret, String>,
 ) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut rest = raw;
     while let Some(start) = find_reference(rest) {
         if start > 0 {
-            not_a_lookalike(&rest[..start])?;
+            not_a_lookalike(&rest[..start], templated)?;
             pieces.push(Piece::Text(rest[..start].to_owned()));
         }
         let after = &rest[start + 2..];
@@ -130,11 +133,30 @@ fn split(
                 "secret reference `${{{reference}}}` names nothing: write `${{env:NAME}}` or `${{file:PATH}}`"
             ));
         }
+        // `${env: X}`, `${env:X:-default}`: no variable is named so (and no default is
+        // taken); `${file: x}`: no path begins or ends so.
+        let name = reference
+            .strip_prefix("env:")
+            .or_else(|| reference.strip_prefix("file:"))
+            .unwrap_or_default();
+        let env_name_ok = !reference.starts_with("env:")
+            || (name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        if !env_name_ok || name.trim() != name {
+            return Err(format!(
+                "secret reference `${{{reference}}}`: `{name}` is not {} (no spaces, no default)",
+                if reference.starts_with("env:") {
+                    "an environment variable's name: letters, digits and _"
+                } else {
+                    "a path as written"
+                }
+            ));
+        }
         pieces.push(Piece::Secret(resolve(reference)?));
         rest = &after[end + 1..];
     }
     if !rest.is_empty() {
-        not_a_lookalike(rest)?;
+        not_a_lookalike(rest, templated)?;
         pieces.push(Piece::Text(rest.to_owned()));
     }
     Ok(pieces)
@@ -146,12 +168,12 @@ const PROVIDERS: [&str; 5] = ["env", "file", "secret", "secrets", "vault"];
 
 /// A look-alike reference in `text`, if any, with the spelling meant: `${ENV:TOKEN}`,
 /// `${ env:TOKEN }`, `${secret:TOKEN}` and, where only secrets go (`shell_style`), a shell's
-/// `${TOKEN}` in capitals. Text inside `{{ }}` or `{% %}` is Jinja's (a string there is the
-/// way to send such text as written), and `${name}` in lower case is left alone: an
-/// upstream's own placeholders may be written so.
-fn lookalike(text: &str, shell_style: bool) -> Option<String> {
+/// `${TOKEN}` in capitals. In a template (`templated`), text inside `{{ }}` or `{% %}` is
+/// Jinja's (a string there is the way to send such text as written); `${name}` in lower
+/// case is left alone: an upstream's own placeholders may be written so.
+fn lookalike(text: &str, shell_style: bool, templated: bool) -> Option<String> {
     for (at, _) in text.match_indices("${") {
-        if inside_jinja(text, at) {
+        if templated && inside_jinja(text, at) {
             continue;
         }
         let inside = &text[at + 2..];
@@ -180,9 +202,14 @@ fn lookalike(text: &str, shell_style: bool) -> Option<String> {
             }
             _ => continue,
         };
+        let escape = if templated {
+            "; to send such text, write it in a Jinja string: {{ \"${...}\" }}"
+        } else {
+            ""
+        };
         return Some(format!(
-            "`${{{written}}}` is not a secret reference and would be sent as written: {hint} \
-             (lowercase, no spaces; to send such text, write it in a Jinja string)"
+            "`${{{written}}}` is not a secret reference and would be taken as written: {hint} \
+             (lowercase, no spaces{escape})"
         ));
     }
     None
@@ -199,8 +226,8 @@ fn inside_jinja(text: &str, at: usize) -> bool {
 }
 
 /// Refuses text with a look-alike reference where secrets go ([`lookalike`]).
-fn not_a_lookalike(text: &str) -> Result<(), String> {
-    lookalike(text, true).map_or(Ok(()), Err)
+fn not_a_lookalike(text: &str, templated: bool) -> Result<(), String> {
+    lookalike(text, true, templated).map_or(Ok(()), Err)
 }
 
 /// Joins pieces into the value to send (secrets in clear).
@@ -290,7 +317,7 @@ mod tests {
     fn splits_text_and_secrets_and_trims_one_newline() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("key"), "s3cr3t\n").expect("write");
-        let pieces = resolve("Key ${file:key}!", dir.path()).expect("resolves");
+        let pieces = resolve("Key ${file:key}!", dir.path(), false).expect("resolves");
         assert_eq!(reveal(&pieces), "Key s3cr3t!");
         assert_eq!(redact(&pieces), "Key ***!");
         assert!(!format!("{pieces:?}").contains("s3cr3t"));
@@ -323,7 +350,7 @@ mod tests {
                 "did you mean `${env:B}`?",
             ),
         ] {
-            let err = resolve_or_placeholder(raw, base).unwrap_err();
+            let err = resolve_or_placeholder(raw, base, true).unwrap_err();
             assert!(err.contains(hint), "{raw}: {err}");
         }
         // Jinja's text, an upstream's lower-case placeholders, and what is no reference.
@@ -341,7 +368,18 @@ mod tests {
             "price: $5",
             "${ }",
         ] {
-            assert!(resolve(fine, base).is_ok(), "{fine}");
+            assert!(resolve(fine, base, true).is_ok(), "{fine}");
+        }
+        // Where no template runs (`[auth]`, caller tokens), Jinja's braces are text too.
+        let err = resolve("{{ \"${ENV:T}\" }}", base, false).unwrap_err();
+        assert!(
+            err.contains("did you mean `${env:T}`?") && !err.contains("Jinja"),
+            "{err}"
+        );
+        // A name with spaces or a shell's default is no variable's name.
+        for raw in ["${env: X}", "${env:X }", "${env:X:-d}", "${file: key}"] {
+            let err = resolve_or_placeholder(raw, base, true).unwrap_err();
+            assert!(err.contains("no spaces, no default"), "{raw}: {err}");
         }
         // Where secrets are not resolved, only a provider's look-alike counts.
         assert!(has_reference("${ENV:T}"));
@@ -350,7 +388,7 @@ mod tests {
 
     #[test]
     fn missing_secret_names_the_reference() {
-        let err = resolve("${env:HOOKSIDE_TEST_SURELY_UNSET}", Path::new(".")).unwrap_err();
+        let err = resolve("${env:HOOKSIDE_TEST_SURELY_UNSET}", Path::new("."), false).unwrap_err();
         assert!(err.contains("HOOKSIDE_TEST_SURELY_UNSET"), "{err}");
     }
 }

@@ -292,20 +292,23 @@ impl Settings {
                 let whole = source.whole();
                 let base = whole.base_dir();
                 let resolved = if secrets_optional {
-                    secret::resolve_or_placeholder(token.get_ref(), base).map(|(pieces, unset)| {
-                        for message in unset {
-                            warnings.push(at(
-                                &token,
-                                format!(
-                                    "companies.{name}.caller_tokens: {message} \
+                    secret::resolve_or_placeholder(token.get_ref(), base, false).map(
+                        |(pieces, unset)| {
+                            for message in unset {
+                                warnings.push(at(
+                                    &token,
+                                    format!(
+                                        "companies.{name}.caller_tokens: {message} \
                                      (a placeholder stands in; serve needs it set)"
-                                ),
-                            ));
-                        }
-                        secret::reveal(&pieces)
-                    })
+                                    ),
+                                ));
+                            }
+                            secret::reveal(&pieces)
+                        },
+                    )
                 } else {
-                    secret::resolve(token.get_ref(), base).map(|pieces| secret::reveal(&pieces))
+                    secret::resolve(token.get_ref(), base, false)
+                        .map(|pieces| secret::reveal(&pieces))
                 };
                 match resolved {
                     // `Authorization: Bearer TOKEN` carries visible ASCII, trimmed: no caller

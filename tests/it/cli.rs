@@ -752,8 +752,8 @@ fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
     assert_lines(
         &out,
         &[
-            "w.toml:5:9: auth.token: `${ENV:ACME_TOKEN}` is not a secret reference and would be sent as written: did you mean `${env:ACME_TOKEN}`?",
-            "w.toml:7:9: headers.x-key: `${ACME_KEY}` is not a secret reference and would be sent as written: did you mean `${env:ACME_KEY}`?",
+            "w.toml:5:9: auth.token: `${ENV:ACME_TOKEN}` is not a secret reference and would be taken as written: did you mean `${env:ACME_TOKEN}`?",
+            "w.toml:7:9: headers.x-key: `${ACME_KEY}` is not a secret reference and would be taken as written: did you mean `${env:ACME_KEY}`?",
         ],
     );
 }
