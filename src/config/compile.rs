@@ -289,6 +289,14 @@ pub fn compile(
     let file = &def.file;
 
     let company = match &fields.company {
+        // A company names metric series and log lines: no control character (a line break
+        // would forge a log line).
+        Some(company) if company.value.chars().any(char::is_control) => {
+            sink.problems.push(company.problem(
+                "company: must not hold a control character (a line break, a tab, an escape)",
+            ));
+            String::new()
+        }
         Some(company) if !company.value.trim().is_empty() => company.value.clone(),
         Some(company) => {
             sink.problems

@@ -197,17 +197,22 @@ pub const MAX_CA_FILE: usize = 4 * 1024 * 1024;
 /// so is what is not a regular file (a path given by mistake).
 pub fn read_at_most(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    // A FIFO or a device (`/dev/stdin`, `/dev/zero`) would block the reload, or never end.
-    if !std::fs::metadata(path)?.is_file() {
+    // A FIFO or a device (`/dev/stdin`, `/dev/zero`) would block the reload, or never end:
+    // opened without blocking, what was opened is checked (a path swapped for a FIFO
+    // between a check and the open would block it otherwise).
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit as u64 + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
     if bytes.len() > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::FileTooLarge,
@@ -356,6 +361,12 @@ mod tests {
         let err = read_at_most(&path, 1024).expect_err("over the limit");
         assert_eq!(err.to_string(), "the file is larger than 1 KiB");
         let err = read_text_at_most(Path::new("/dev/zero"), MAX_FILE).expect_err("endless");
+        assert_eq!(err.to_string(), "not a regular file");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.expect("mkfifo runs").success());
+        // With no writer, a blocking open would wait forever.
+        let err = read_at_most(&fifo, MAX_FILE).expect_err("a FIFO, at once");
         assert_eq!(err.to_string(), "not a regular file");
         std::fs::write(&path, [0xff, 0xfe]).expect("write");
         assert!(read_text_at_most(&path, MAX_FILE).is_err(), "not UTF-8");

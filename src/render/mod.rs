@@ -686,6 +686,21 @@ impl UrlTemplate {
                     .into(),
             );
         }
+        // A path made of the file's own values only (`[context]`) is known now: one that
+        // begins with `//` is the file's error, not every call's.
+        let fixed_only = path.names().iter().all(|name| {
+            let root = name.split('.').next().unwrap_or(name);
+            root == "context" || root == "webhook"
+        });
+        if fixed_only {
+            let rendered = path.render(&Scope::new(fixed, &Json::Null))?.value;
+            let target = format!("{origin_path}{rendered}");
+            if target.starts_with("//") {
+                return Err(format!(
+                    "url: the path {target:?}, made of context values, begins with `//`, which a server may read as a host"
+                ));
+            }
+        }
         Ok(UrlTemplate {
             scheme,
             authority: authority_parsed,
@@ -719,11 +734,11 @@ impl UrlTemplate {
             format!("{}{path}", self.origin_path)
         };
         // `//evil.example/x` as a request target reads as a host to a server that splits
-        // it as a URL: an empty value at the path's start (`/{{ mode }}/{{ id }}`). The
-        // file's own path never begins so (refused when it loads).
+        // it as a URL: an empty value at the path's start (`/{{ mode }}/{{ id }}`). A path
+        // of the file's own values never begins so (refused when it loads).
         if url.starts_with("//") {
             return Err(format!(
-                "an empty value made the path {url:?} begin with `//`, which a server may read as a host"
+                "the path {url:?} begins with `//` (an empty value at its start?), which a server may read as a host"
             ));
         }
         let query = match &self.query {
@@ -993,7 +1008,7 @@ l = "plain"
             .expect("compiles");
         let hostile = json!({"mode": "", "id": "evil.example"});
         let refused = url.render(&Scope::new(&fixed, &hostile), "");
-        assert!(refused.is_err_and(|e| e.contains("begin with `//`")));
+        assert!(refused.is_err_and(|e| e.contains("begins with `//`")));
         let fine = json!({"mode": "live", "id": "7"});
         let rendered = url.render(&Scope::new(&fixed, &fine), "").expect("renders");
         assert_eq!(rendered, "https://api.example/live/7");
@@ -1003,6 +1018,12 @@ l = "plain"
         // Written in the file, it is refused when the file loads.
         let written = UrlTemplate::compile("https://api.example//v1/x", &fixed);
         assert!(written.is_err_and(|e| e.contains("begins with `//`")));
+        // Made of context values only, it is refused when the file loads.
+        let context = [("p".to_owned(), String::new())].into_iter().collect();
+        let fixed_empty = Fixed::new(&context, "w", "c");
+        let of_context =
+            UrlTemplate::compile("https://api.example/{{ context.p }}/v1", &fixed_empty);
+        assert!(of_context.is_err_and(|e| e.contains("made of context values, begins with `//`")));
         // An origin that ends in a slash does not double the path's first one.
         let context = [("host".to_owned(), "api.example/".to_owned())]
             .into_iter()

@@ -737,6 +737,21 @@ fn a_basic_auth_username_with_a_colon_is_an_error_that_shows_no_secret() {
 }
 
 #[test]
+fn a_company_with_a_control_character_is_an_error() {
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        "company = \"ac\\u001bme\\nFORGED\"\nurl = \"http://127.0.0.1:9/\"\n",
+    );
+    let out = text(&check(&dir));
+    assert!(
+        out.contains("w.toml:1:11: company: must not hold a control character"),
+        "{out}"
+    );
+    assert!(!out.contains('\u{1b}'), "{out}");
+}
+
+#[test]
 fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
     let dir = Dir::new();
     dir.file(
