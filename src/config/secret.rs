@@ -139,14 +139,17 @@ fn split(
             .strip_prefix("env:")
             .or_else(|| reference.strip_prefix("file:"))
             .unwrap_or_default();
+        // Names as Kubernetes allows them: letters, digits, `_`, `-` and `.`, no digit first.
         let env_name_ok = !reference.starts_with("env:")
-            || (name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            || (name.starts_with(|c: char| !c.is_ascii_digit())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
         if !env_name_ok || name.trim() != name {
             return Err(format!(
                 "secret reference `${{{reference}}}`: `{name}` is not {} (no spaces, no default)",
                 if reference.starts_with("env:") {
-                    "an environment variable's name: letters, digits and _"
+                    "an environment variable's name: letters, digits, _, - and ."
                 } else {
                     "a path as written"
                 }
@@ -377,10 +380,20 @@ mod tests {
             "{err}"
         );
         // A name with spaces or a shell's default is no variable's name.
-        for raw in ["${env: X}", "${env:X }", "${env:X:-d}", "${file: key}"] {
+        for raw in [
+            "${env: X}",
+            "${env:X }",
+            "${env:X:-d}",
+            "${env:1X}",
+            "${file: key}",
+        ] {
             let err = resolve_or_placeholder(raw, base, true).unwrap_err();
             assert!(err.contains("no spaces, no default"), "{raw}: {err}");
         }
+        // Kubernetes lets a variable's name hold `-` and `.`.
+        let (_, unset) =
+            resolve_or_placeholder("${env:ACME-TOKEN.v2}", base, true).expect("a name");
+        assert!(unset[0].contains("ACME-TOKEN.v2 is not set"), "{unset:?}");
         // Where secrets are not resolved, only a provider's look-alike counts.
         assert!(has_reference("${ENV:T}"));
         assert!(!has_reference("Hello ${NAME}"));
