@@ -86,7 +86,14 @@ pub fn check(dir: &Path, settings: &Settings) -> Result<Report, LoadError> {
         for (index, example) in webhook.examples.iter().enumerate() {
             examples += 1;
             let before = problems.len();
-            run_example(webhook, example, index + 1, &mut problems, &mut warnings);
+            run_example(
+                webhook,
+                example,
+                index + 1,
+                settings.max_response_body,
+                &mut problems,
+                &mut warnings,
+            );
             // An example a template holds fails for this webhook only: say which.
             for problem in &mut problems[before..] {
                 crate::config::name_the_webhook(problem, &webhook.name, &webhook.source);
@@ -115,6 +122,7 @@ fn run_example(
     webhook: &Webhook,
     example: &Example,
     number: usize,
+    max_response_body: usize,
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
 ) {
@@ -181,7 +189,7 @@ fn run_example(
         example.status,
         &headers,
         Data::Whole(&example.response),
-        crate::config::Settings::default().max_response_body,
+        max_response_body,
     );
     // As serve answers: a secret the response echoes is `***` (and never printed here).
     for outcome in &mut trace {
