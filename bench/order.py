@@ -18,6 +18,7 @@ the build the bench measures, the one with the profile (the line bench/run.sh bu
     RUSTFLAGS="-Cprofile-use=$PWD/pgo.profdata" cargo build --release --locked \
         --bin hookside --target-dir target/pgo && python3 bench/order.py      # about 5 minutes
 """
+import argparse
 import os
 import re
 import shutil
@@ -60,6 +61,9 @@ def instructions_by_function(calls):
 
 
 def main():
+    # No arguments: --help shows what the script does, anything else is a mistake.
+    argparse.ArgumentParser(prog="bench/order.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     few, many = instructions_by_function(200), instructions_by_function(2200)
     per_call = {name: (count - few.get(name, 0)) / 2000 for name, count in many.items()}
     # At least one instruction per call: what runs now and then (a timer, a thread of the

@@ -26,6 +26,7 @@ callers that inlined them) lose their profile, and a new compiler renames them a
 
     python3 bench/pgo.py                                  # about 5 minutes
 """
+import argparse
 import glob
 import json
 import os
@@ -145,6 +146,9 @@ def train(binary):
 
 
 def main():
+    # No arguments: --help shows what the script does, anything else is a mistake.
+    argparse.ArgumentParser(prog="bench/pgo.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     missing = [tool for tool in ("nginx", "wrk", "oha", "taskset", "openssl")
                if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}")]
     if missing:

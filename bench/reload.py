@@ -8,6 +8,7 @@ Measures, for each size: the initial load time, the time of a reload after one f
 changed, the time from writing a file to its new version serving (median and worst of
 20 writes), and hookside's resident memory. Loopback only; every loop is bounded.
 """
+import argparse
 import json
 import os
 import shutil
@@ -136,11 +137,17 @@ def run(count):
 
 
 def main():
+    parser = argparse.ArgumentParser(prog="bench/reload.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sizes", nargs="*", type=int, default=[1000, 10000], metavar="FILES",
+                        help="how many webhook files, one run each (default: 1000 10000)")
+    sizes = parser.parse_args().sizes
+    if any(size < 1 for size in sizes):
+        parser.error("a run needs at least one webhook file")
     if "HOOKSIDE_BIN" not in os.environ:
         env = dict(os.environ, RUSTFLAGS=f"-Cprofile-use={ROOT}/pgo.profdata")
         subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "hookside",
                         "--target-dir", os.path.join(ROOT, "target", "pgo")], cwd=ROOT, env=env, check=True)
-    sizes = [int(s) for s in sys.argv[1:]] or [1000, 10000]
     results = [run(count) for count in sizes]
     keys = list(results[0].keys())
     print("| " + " | ".join(keys) + " |")

@@ -23,16 +23,13 @@ Loopback only; every run is bounded.
 
 Then, for hookside, nginx and HAProxy: CPU instructions per request (valgrind callgrind,
 repeatable where wall-clock is not) and, for hookside, allocations per invocation (dhat).
-Flags: --instructions-only, --no-instructions, --cpu-split (user and system CPU time per
-request of each proxy under saturation, alone), --tls (the upstream over TLS, as a company's
-API is: saturation in both layouts and instructions per request, for nginx and HAProxy
-proxying to it over HTTP/1.1 and for hookside over HTTP/1.1 and over HTTP/2, which it speaks
-when TLS negotiates it; no `direct`, no fixed rate; needs openssl).
-
-A/B of two builds: python3 bench/run.py --ab BIN_A BIN_B [ROUNDS] [SECONDS] (defaults 12 and
-5) runs them at the same time as the side-by-side rounds do, and reports A minus B; either one
-may be `nginx`.
+With --tls the upstream speaks TLS, as a company's API does: saturation in both layouts and
+instructions per request, for nginx and HAProxy proxying to it over HTTP/1.1 and for hookside
+over HTTP/1.1 and over HTTP/2, which it speaks when TLS negotiates it; no `direct`, no fixed
+rate. --ab BIN_A BIN_B runs two builds at the same time as the side-by-side rounds do and
+reports A minus B (how each change in BENCHMARKS.md was judged).
 """
+import argparse
 import bisect
 import contextlib
 import json
@@ -672,8 +669,6 @@ def p99_interval(rounds, first, second, resamples=1000):
 def ab(binaries, rounds, seconds):
     """Two hookside builds, or a build and nginx (named `nginx`), measured at the same time as
     the bench's side-by-side rounds are: one oha each at RATE, who starts first alternating."""
-    if len(binaries) != 2 or binaries.count("nginx") > 1:
-        raise SystemExit("--ab takes two binaries, one of which may be `nginx`")
     work = tempfile.mkdtemp(prefix="hookside-ab-")
     lab = Lab(work, only={"nginx"} & set(binaries))
     try:
@@ -777,34 +772,83 @@ def link_order():
             + ("" if found == len(wanted) else " (python3 bench/order.py writes it anew)"))
 
 
+def positive(text):
+    """argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not above zero")
+    return value
+
+
+def arguments(argv):
+    """The command line, checked before anything starts: a mistyped flag is an error, not a
+    12-minute run of the default bench."""
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 1)[1],
+        epilog="environment: HOOKSIDE_BIN and HOOKSIDE_SYSTEM_ALLOC_BIN (the builds measured; "
+               "default: target/pgo and target/system-alloc, which bench/run.sh builds), RATE "
+               f"(fixed rate, default {RATE}/s), CONNS (connections, default {CONNECTIONS}), "
+               "ONLY (instructions of one server: nginx, haproxy, hookside or hookside-h2)")
+    parser.add_argument("rounds", nargs="?", type=positive, metavar="ROUNDS",
+                        help="rounds of each test (default 5; with --ab, 12)")
+    parser.add_argument("seconds", nargs="?", type=positive, metavar="SECONDS",
+                        help="seconds per test in a round (default 5)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--instructions-only", action="store_true",
+                      help="only the instructions and allocations per request (about a minute)")
+    what.add_argument("--no-instructions", action="store_true", help="only the timed tests")
+    what.add_argument("--cpu-split", action="store_true",
+                      help="user and system CPU time per request of each proxy at saturation")
+    what.add_argument("--ab", nargs=2, metavar=("BIN_A", "BIN_B"),
+                      help="two hookside builds (either may be `nginx`) side by side at the fixed "
+                           "rate: A minus B")
+    parser.add_argument("--tls", action="store_true",
+                        help="the upstream over TLS (needs openssl); not with --ab or --cpu-split")
+    parser.add_argument("--check-args", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.tls and (args.ab or args.cpu_split):
+        parser.error("--tls measures the bench's own rounds; it does not go with --ab or --cpu-split")
+    if args.ab:
+        if args.ab.count("nginx") > 1:
+            parser.error("--ab takes two builds, one of which may be `nginx`")
+        builds = [b for b in args.ab if b != "nginx"]
+    else:
+        builds = [HOOKSIDE] + ([HOOKSIDE_SYSTEM_ALLOC] if not args.no_instructions and not args.cpu_split else [])
+    # bench/run.sh checks the arguments before it builds; the builds are checked after.
+    if not args.check_args:
+        for build in builds:
+            if not os.access(build, os.X_OK):
+                parser.error(f"{build} is not an executable: bash bench/run.sh builds it")
+    args.rounds = args.rounds or (12 if args.ab else 5)
+    args.seconds = args.seconds or 5
+    return args
+
+
 def main():
-    if "--tls" in sys.argv and ("--ab" in sys.argv or "--cpu-split" in sys.argv):
-        raise SystemExit("--tls measures the bench's own rounds; it does not go with --ab or --cpu-split")
-    if "--ab" in sys.argv:
-        at = sys.argv.index("--ab")
-        numbers = [int(a) for a in sys.argv[at + 3:] if not a.startswith("--")]
-        if len(numbers) > 2:
-            raise SystemExit("usage: run.py --ab BIN_A BIN_B [ROUNDS] [SECONDS]")
-        print(ab(sys.argv[at + 1:at + 3], *(numbers + [12, 5][len(numbers):])))
+    args = arguments(sys.argv[1:])
+    if args.check_args:
         return
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    rounds = int(args[0]) if args else 5
-    seconds = int(args[1]) if len(args) > 1 else 5
+    if args.ab:
+        print(ab(args.ab, args.rounds, args.seconds))
+        return
+    rounds, seconds = args.rounds, args.seconds
     # `-dirty` when tracked files differ from the commit: the figures are not that commit's.
     commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     print(f"hookside bench at commit {commit}, {os.cpu_count()} cores, {rounds} rounds of {seconds} s")
     print(f"{link_order()}\n")
-    if "--cpu-split" in sys.argv:
+    if args.cpu_split:
         print(cpu_split(seconds))
         return
-    tls = "--tls" in sys.argv
-    if "--instructions-only" not in sys.argv:
-        print(report_tls(tls_timing(rounds, seconds)) if tls else report_timing(timing(rounds, seconds)))
+    if not args.instructions_only:
+        print(report_tls(tls_timing(rounds, seconds)) if args.tls else report_timing(timing(rounds, seconds)))
         print()
-    if "--no-instructions" not in sys.argv:
-        print(instructions(tls=tls))
-
+    if not args.no_instructions:
+        print(instructions(tls=args.tls))
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,9 @@ if [ ${#need[@]} -gt 0 ]; then
   pkgs=("${need[@]/taskset/util-linux}")
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
+# The arguments are checked before the long steps: a typo fails here, and --help is only help.
+case " $* " in *" -h "* | *" --help "*) exec python3 bench/run.py --help ;; esac
+python3 bench/run.py --check-args "$@"
 command -v oha >/dev/null 2>&1 || cargo install oha --locked   # about 11 minutes, once
 # target/pgo keeps these builds apart from plain ones (other RUSTFLAGS rebuild everything);
 # build.rs warns when the compiler is not the one pgo-rustc.txt names.
