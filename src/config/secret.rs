@@ -88,11 +88,15 @@ pub fn has_reference(raw: &str) -> bool {
 /// the reference, never a secret's value. `templated`: the value is a Jinja template (a
 /// header, a query value), whose strings may hold `${...}` to send as written.
 pub fn resolve(raw: &str, base_dir: &Path, templated: bool) -> Result<Vec<Piece>, String> {
-    split(raw, templated, |reference| resolve_one(reference, base_dir))
+    split(raw, templated, |reference| {
+        resolve_one(reference, base_dir).map_err(|unresolved| unresolved.message)
+    })
 }
 
-/// Like [`resolve`], but a secret that cannot be resolved is replaced by a placeholder
+/// Like [`resolve`], but a secret that is not set here is replaced by a placeholder
 /// (`unset-env-NAME`) and reported: `hookside check` runs where production secrets are not.
+/// A secret file that is there but cannot be one (too large, not a regular file, not
+/// UTF-8) is still an error: serve would refuse it wherever it runs.
 pub fn resolve_or_placeholder(
     raw: &str,
     base_dir: &Path,
@@ -100,13 +104,20 @@ pub fn resolve_or_placeholder(
 ) -> Result<(Vec<Piece>, Vec<String>), String> {
     let mut missing = Vec::new();
     let pieces = split(raw, templated, |reference| {
-        Ok(resolve_one(reference, base_dir).unwrap_or_else(|message| {
-            missing.push(message);
-            Secret {
-                value: format!("unset-{}", reference.replace([':', '/', '.'], "-")),
-                reference: reference.to_owned(),
+        match resolve_one(reference, base_dir) {
+            Ok(secret) => Ok(secret),
+            Err(Unresolved {
+                message,
+                not_here: true,
+            }) => {
+                missing.push(message);
+                Ok(Secret {
+                    value: format!("unset-{}", reference.replace([':', '/', '.'], "-")),
+                    reference: reference.to_owned(),
+                })
             }
-        }))
+            Err(Unresolved { message, .. }) => Err(message),
+        }
     })?;
     Ok((pieces, missing))
 }
@@ -277,19 +288,39 @@ fn find_reference(s: &str) -> Option<usize> {
     }
 }
 
-fn resolve_one(reference: &str, base_dir: &Path) -> Result<Secret, String> {
+/// Why a reference has no value.
+struct Unresolved {
+    /// Names the reference, never a value.
+    message: String,
+    /// Not set where this runs (an unset variable, a missing or unreadable file, an empty
+    /// value), as production secrets are not where `check` runs; otherwise the secret is
+    /// there and wrong.
+    not_here: bool,
+}
+
+fn resolve_one(reference: &str, base_dir: &Path) -> Result<Secret, Unresolved> {
+    let not_here = |message| Unresolved {
+        message,
+        not_here: true,
+    };
     let value = if let Some(name) = reference.strip_prefix("env:") {
         std::env::var(name).map_err(|_| {
-            format!("secret `${{{reference}}}`: environment variable {name} is not set")
+            not_here(format!(
+                "secret `${{{reference}}}`: environment variable {name} is not set"
+            ))
         })?
     } else if let Some(path) = reference.strip_prefix("file:") {
         let path = base_dir.join(path);
         let mut text =
             super::source::read_text_at_most(&path, super::source::MAX_SECRET).map_err(|err| {
-                format!(
-                    "secret `${{{reference}}}`: cannot read {}: {err}",
-                    path.display()
-                )
+                use std::io::ErrorKind::{NotFound, PermissionDenied};
+                Unresolved {
+                    not_here: matches!(err.kind(), NotFound | PermissionDenied),
+                    message: format!(
+                        "secret `${{{reference}}}`: cannot read {}: {err}",
+                        path.display()
+                    ),
+                }
             })?;
         if text.ends_with('\n') {
             text.pop();
@@ -299,12 +330,13 @@ fn resolve_one(reference: &str, base_dir: &Path) -> Result<Secret, String> {
         }
         text
     } else {
-        return Err(format!(
-            "unknown secret reference `${{{reference}}}` (use env: or file:)"
-        ));
+        return Err(Unresolved {
+            message: format!("unknown secret reference `${{{reference}}}` (use env: or file:)"),
+            not_here: false,
+        });
     };
     if value.is_empty() {
-        return Err(format!("secret `${{{reference}}}` is empty"));
+        return Err(not_here(format!("secret `${{{reference}}}` is empty")));
     }
     Ok(Secret {
         value,

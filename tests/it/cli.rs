@@ -705,13 +705,12 @@ fn files_and_secrets_past_their_size_limit_are_refused_unread() {
     );
     assert!(!out.contains("fits.toml"), "{out}");
     assert!(
-        out.contains(
-            "big.toml:5:9: warning: auth.token: secret `${file:big-secret}`: cannot read "
-        ) && out.contains("big-secret: the file is larger than 64 KiB"),
+        out.contains("big.toml:5:9: auth.token: secret `${file:big-secret}`: cannot read ")
+            && out.contains("big-secret: the file is larger than 64 KiB"),
         "{out}"
     );
     assert!(
-        out.contains("zero.toml:5:9: warning: auth.token: secret `${file:/dev/zero}`: cannot read /dev/zero: not a regular file"),
+        out.contains("zero.toml:5:9: auth.token: secret `${file:/dev/zero}`: cannot read /dev/zero: not a regular file"),
         "{out}"
     );
 }
@@ -1371,4 +1370,31 @@ fn check_warns_of_a_variable_that_reads_nothing_of_the_response() {
         warned[1].contains("w.toml:5:10: warning: variables.braced reads nothing"),
         "{out}"
     );
+}
+
+// A secret that is not set where `check` runs is a warning; a secret file that is there and
+// that serve would refuse anywhere (a folder; too large, above) is a problem, as in serve.
+#[test]
+fn check_fails_a_secret_file_serve_would_refuse_and_warns_of_one_not_there() {
+    let dir = Dir::new();
+    std::fs::create_dir(dir.path().join("folder")).expect("mkdir");
+    let webhook = |token: &str| {
+        format!(
+            "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[auth]\ntype = \"bearer\"\ntoken = \"{token}\"\n"
+        )
+    };
+    dir.file("folder.toml", &webhook("${file:folder}"));
+    dir.file("absent.toml", &webhook("${file:not-here}"));
+    let output = check(&dir);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_lines(
+        &out,
+        &[
+            "folder.toml:5:9: auth.token: secret `${file:folder}`: cannot read",
+            "absent.toml:5:9: warning: auth.token: secret `${file:not-here}`: cannot read",
+        ],
+    );
+    assert!(out.contains("folder: not a regular file"), "{out}");
+    assert!(out.contains("1 problem in 1 file"), "{out}");
 }
