@@ -279,6 +279,19 @@ pub fn compile(
     settings: &Settings,
     upstream: &Upstream,
 ) -> Result<Webhook, Vec<Problem>> {
+    compile_fields(def, fields, revision, settings, upstream).map_err(|mut problems| {
+        problems.iter_mut().for_each(super::source::pinpoint);
+        problems
+    })
+}
+
+fn compile_fields(
+    def: &Def,
+    fields: &Fields,
+    revision: u64,
+    settings: &Settings,
+    upstream: &Upstream,
+) -> Result<Webhook, Vec<Problem>> {
     let mut sink = Sink {
         problems: Vec::new(),
         warnings: Vec::new(),

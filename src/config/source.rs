@@ -159,6 +159,135 @@ impl fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+/// Points a problem about a template at the template's own line: a template error in a
+/// multi-line string says `(template line N)` (which stays in the message: a webhook's
+/// problem is matched to its template's by the message), and a value of the JSON body
+/// would otherwise point at its `[body]` table. The problem's file is read and parsed again
+/// (on this error path only); unless the field its message names is a string there that
+/// the problem's location points at, the problem is left as it was.
+pub fn pinpoint(problem: &mut Problem) {
+    let Some((line, column)) = located_template(problem) else {
+        return;
+    };
+    problem.line = Some(line);
+    problem.column = Some(column);
+}
+
+fn located_template(problem: &Problem) -> Option<(usize, usize)> {
+    let (field, _) = problem.message.split_once(": ")?;
+    let template_line: usize = match problem.message.rsplit_once(" (template line ") {
+        Some((_, n)) => n.strip_suffix(')')?.parse().ok()?,
+        None => 1,
+    };
+    let (table, key) = field.split_once('.').unwrap_or((field, ""));
+    if template_line < 2 && table != "body" {
+        return None;
+    }
+    let text = read_text_at_most(&problem.path, MAX_FILE).ok()?;
+    let document = toml::de::DeTable::parse(&text).ok()?;
+    let top = entry(document.get_ref(), table)?;
+    let value = if key.is_empty() {
+        top
+    } else if let toml::de::DeValue::Table(fields) = top.get_ref()
+        && let Some(value) = entry(fields, key).or_else(|| {
+            // Messages name a header in lower case.
+            fields
+                .iter()
+                .find(|(name, _)| table == "headers" && name.get_ref().eq_ignore_ascii_case(key))
+                .map(|(_, value)| value)
+        })
+    {
+        value // a header or query name may hold a `.`
+    } else {
+        // A body path: `items[0].name`.
+        let mut value = top;
+        for step in key.split('.') {
+            let (name, indexes) = step.split_once('[').unwrap_or((step, ""));
+            if !name.is_empty() {
+                let toml::de::DeValue::Table(fields) = value.get_ref() else {
+                    return None;
+                };
+                value = entry(fields, name)?;
+            }
+            for index in indexes.split('[').filter(|i| !i.is_empty()) {
+                let index: usize = index.strip_suffix(']')?.parse().ok()?;
+                let toml::de::DeValue::Array(items) = value.get_ref() else {
+                    return None;
+                };
+                value = items.get(index)?;
+            }
+        }
+        value
+    };
+    let file = SourceFile::new(Arc::from(problem.path.as_path()), text.clone());
+    // The problem is about this value (or, for the body, its table): a file changed since
+    // it was loaded is left alone.
+    let first_line = |offset: usize| file.locate(offset).line_col.map(|(line, _)| line);
+    let pointed = if table == "body" { top } else { value };
+    if first_line(pointed.span().start) != problem.line {
+        return None;
+    }
+    if !matches!(value.get_ref(), toml::de::DeValue::String(_)) {
+        return None;
+    }
+    let offset = template_line_start(file.text(), value.span(), template_line)?;
+    file.locate(offset).line_col
+}
+
+/// The value of `key` in `table`.
+fn entry<'a, 'i>(
+    table: &'a toml::de::DeTable<'i>,
+    key: &str,
+) -> Option<&'a toml::Spanned<toml::de::DeValue<'i>>> {
+    table
+        .iter()
+        .find(|(name, _)| name.get_ref() == key)
+        .map(|(_, value)| value)
+}
+
+/// The byte offset in `text` where line `wanted` (1-based) of the TOML string at `span`
+/// begins, as its value counts lines: escapes (`\n`, a line-ending backslash) and the
+/// newline right after an opening `"""` are taken as TOML reads them.
+fn template_line_start(text: &str, span: std::ops::Range<usize>, wanted: usize) -> Option<usize> {
+    let token = text.get(span.clone())?;
+    let (quote, escapes) = [("\"\"\"", true), ("'''", false), ("\"", true), ("'", false)]
+        .into_iter()
+        .find(|(quote, _)| token.starts_with(quote))?;
+    let end = span.end.checked_sub(quote.len())?;
+    let mut at = span.start + quote.len();
+    if quote.len() == 3 {
+        for newline in ["\n", "\r\n"] {
+            if text[at..].starts_with(newline) {
+                at += newline.len();
+            }
+        }
+    }
+    let mut line = 1;
+    while line < wanted && at < end {
+        let rest = &text[at..end];
+        let c = rest.chars().next()?;
+        if escapes && c == '\\' {
+            let after = &rest[1..];
+            let blank = after.trim_start_matches([' ', '\t']);
+            if quote.len() == 3 && (blank.starts_with('\n') || blank.starts_with("\r\n")) {
+                // A line-ending backslash: what follows, up to the next text, is not read.
+                at += 1 + after.len() - after.trim_start_matches([' ', '\t', '\r', '\n']).len();
+                continue;
+            }
+            if after.starts_with('n') {
+                line += 1;
+            }
+            at += 1 + after.chars().next().map_or(0, char::len_utf8);
+            continue;
+        }
+        if c == '\n' {
+            line += 1;
+        }
+        at += c.len_utf8();
+    }
+    (line == wanted).then_some(at)
+}
+
 /// `text` with its control characters escaped (`\u{1b}`, `\t`), and the characters that
 /// reorder or break lines (bidi overrides, U+2028): a file name may hold an escape
 /// sequence or a line break, which would repaint a terminal, forge a log line, or show a
@@ -350,6 +479,34 @@ mod tests {
             problem.to_string(),
             "d/e\\u{1b}[2J\\nFAKE LOG LINE.toml:1:2: name: \\u{7}bad \\u{202e}lmth.exe"
         );
+    }
+
+    #[test]
+    fn a_template_line_is_found_in_the_string_as_toml_reads_it() {
+        // Each case: the file, the string's token in it, and where line 3 of its value starts.
+        let cases = [
+            ("v = \"\"\"\r\none\r\ntwo\r\nTHREE\"\"\"\n", "THREE"),
+            ("v = '''\none \\\ntwo\nTHREE'''\n", "THREE"),
+            (
+                "v = \"\"\"one \\\n   still one\ntwo\nTHREE\"\"\"\n",
+                "THREE",
+            ),
+            ("v = \"a\\\"\\n\\\\n\\nTHREE\"\n", "THREE"),
+            ("v = \"\"\"\n\u{e9}\u{e9}\ntwo\nTHREE\"\"\"\n", "THREE"),
+        ];
+        for (text, marker) in cases {
+            let start = text.find(['"', '\'']).expect("a string");
+            let end = text.trim_end().len();
+            let found = template_line_start(text, start..end, 3);
+            assert_eq!(found, text.find(marker), "{text:?}");
+            // Line 1 starts past the quotes (and a newline right after `"""`).
+            let first = template_line_start(text, start..end, 1).expect("line 1");
+            assert!(
+                !text[first..].starts_with(['"', '\'', '\r', '\n']),
+                "{text:?}"
+            );
+            assert_eq!(template_line_start(text, start..end, 9), None, "{text:?}");
+        }
     }
 
     #[test]

@@ -1061,7 +1061,7 @@ fn check_points_at_where_a_context_value_is_read_and_at_secrets_that_would_be_se
         "secrets.toml:5:5: context.c: secrets (",
         "secrets.toml:6:1: body: secrets (",
         "leaf.toml:3:7: url: syntax error",
-        "leaf.toml:4:1: body.outer.inner[1]: syntax error",
+        "leaf.toml:7:16: body.outer.inner[1]: syntax error",
         // An undefined value does not hide what else is wrong, and is told once.
         "both.toml:2:7: url: the scheme, host and port may use only context values, not reply",
         "both.toml:2:7: context.p is used but [context] does not define it",
@@ -1169,7 +1169,7 @@ fn a_template_leaves_its_host_and_body_to_the_webhooks_that_use_it() {
     assert_eq!(output.status.code(), Some(1), "{out}");
     // The template's misspelt filter is its own, once; the webhook only learns it.
     assert!(
-        out.contains("base.toml:6:1: body.a: unknown filter"),
+        out.contains("base.toml:7:6: body.a: unknown filter"),
         "{out}"
     );
     assert!(
@@ -1397,4 +1397,50 @@ fn check_fails_a_secret_file_serve_would_refuse_and_warns_of_one_not_there() {
     );
     assert!(out.contains("folder: not a regular file"), "{out}");
     assert!(out.contains("1 problem in 1 file"), "{out}");
+}
+
+// A template error in a multi-line string points at the template's own line, as TOML reads
+// the string (escapes, a line-ending backslash); a body value's, at the value, not `[body]`.
+#[test]
+fn check_points_a_template_error_at_its_own_line() {
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        concat!(
+            "company = \"a\"\n",                                         // 1
+            "url = \"http://127.0.0.1:9/\"\n",                           // 2
+            "[headers]\n",                                               // 3
+            "X-Note = \"\"\"\n",                                         // 4
+            "one \\\n",                                                  // 5
+            "  still one\n",                                             // 6
+            "{{ reply }\n",                                              // 7
+            "\"\"\"\n",                                                  // 8
+            "X-Two = \"a\\nb\\n{{ x }\"\n",                              // 9
+            "[body]\n",                                                  // 10
+            "order = { id = \"{{ id }}\", items = [ \"{{ a }}\", '''\n", // 11
+            "x\n",                                                       // 12
+            "{% if %}''' ] }\n",                                         // 13
+        ),
+    );
+    dir.file(
+        "base.toml",
+        "kind = \"template\"\nname = \"base\"\n[body]\nnote = \"\"\"\nfine\n{{ reply }\n\"\"\"\n",
+    );
+    dir.file(
+        "child.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\nextends = \"base\"\n",
+    );
+    let output = check(&dir);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_lines(
+        &out,
+        &[
+            "w.toml:7:1: headers.x-note: syntax error: unexpected `}`, expected end of variable block (template line 2)\n",
+            "w.toml:9:16: headers.x-two: syntax error:",
+            "w.toml:13:1: body.order.items[1]: syntax error: unexpected end of block (template line 2)\n",
+            "base.toml:6:1: body.note: syntax error:",
+            "child.toml:3:11: extends: template \"base\" does not load",
+        ],
+    );
 }
