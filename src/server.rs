@@ -30,6 +30,24 @@ use crate::render::select::{Data, Document, Selection};
 
 mod http1;
 
+/// What the accept loop tells every connection it serves.
+#[derive(Clone, Copy, Debug, Default)]
+struct Signal {
+    /// Shutdown began: a connection closes once idle, and after the request it serves.
+    stop: bool,
+    /// How many times a client came while every slot was taken: a connection idle between
+    /// requests when this changes closes, so that clients holding idle keep-alive
+    /// connections cannot keep a new one out (nginx closes idle connections so too).
+    crowded: u64,
+}
+
+impl Signal {
+    /// Whether a connection idle since the signal's count was `crowded` is to close.
+    fn closes_idle(&self, crowded: u64) -> bool {
+        self.stop || self.crowded != crowded
+    }
+}
+
 /// Which API a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
@@ -46,7 +64,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// open connections finish their requests (up to [`DRAIN_TIMEOUT`]).
 ///
 /// At most `max_connections` connections are served at once (the rest wait in the
-/// kernel's backlog); a client gets `header_read_timeout` to send a request's headers.
+/// kernel's backlog); when a client comes and every slot is taken, the connections idle
+/// between requests are closed to make room. A client gets `header_read_timeout` to send
+/// a request's headers.
 pub async fn run(
     listener: TcpListener,
     state: Arc<State>,
@@ -66,15 +86,13 @@ pub async fn run(
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(state.settings.max_connections));
-    // Tells every connection that shutdown began.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Tells every connection that shutdown began, or that room is wanted.
+    let (signal, stopped) = tokio::sync::watch::channel(Signal::default());
+    // Clients that found every slot taken since the last warning, and when that was: one
+    // warning a minute at most, as under a steady overload each new client finds it so.
+    let mut crowded_since = (0u64, None::<std::time::Instant>);
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot,
-            () = &mut shutdown => break,
-        };
-        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -88,6 +106,32 @@ pub async fn run(
                 continue;
             }
         };
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => Ok(slot),
+            Err(_) => {
+                // A client waits: the idle connections make room (the others, and the
+                // clients behind this one in the backlog, wait for a slot).
+                signal.send_modify(|signal| signal.crowded += 1);
+                crowded_since.0 += 1;
+                if crowded_since
+                    .1
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    tracing::warn!(
+                        max_connections = state.settings.max_connections,
+                        clients = crowded_since.0,
+                        "every connection slot was taken when clients came: idle connections \
+                         are closed to make room, the others wait"
+                    );
+                    crowded_since = (0, Some(std::time::Instant::now()));
+                }
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => slot,
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let Ok(slot) = slot else { break };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
         let builder = Arc::clone(&builder);
@@ -129,7 +173,7 @@ pub async fn run(
         });
     }
     drop(listener);
-    let _ = stop.send(true);
+    signal.send_modify(|signal| signal.stop = true);
     let drained = async {
         // Every connection holds a slot until it ends; a call whose caller went away runs
         // on to its end on a task of its own.
@@ -190,7 +234,7 @@ async fn serve_until_idle<C, E>(
     shut_down: impl Fn(Pin<&mut C>),
     activity: &Activity,
     timeout: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    signal: tokio::sync::watch::Receiver<Signal>,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
@@ -198,15 +242,22 @@ where
     use tokio::time::{Instant, sleep_until};
     tokio::pin!(connection);
     let mut closing = false;
+    let mut crowded = signal.borrow().crowded;
     loop {
         let idle_at = activity
             .idle_at(timeout)
             .unwrap_or_else(|| Instant::now() + timeout);
         tokio::select! {
             ended = connection.as_mut() => return ended,
-            _ = stop.wait_for(|stop| *stop), if !closing => {
-                shut_down(connection.as_mut());
-                closing = true;
+            seen = wait_to_close(signal.clone(), crowded), if !closing => {
+                // Room wanted: only an idle connection makes it (a request in progress
+                // finishes, and the connection stays).
+                let stop = seen.is_none_or(|signal| signal.stop);
+                crowded = seen.map_or(crowded, |signal| signal.crowded);
+                if stop || activity.idle_at(timeout).is_some() {
+                    shut_down(connection.as_mut());
+                    closing = true;
+                }
             }
             () = sleep_until(idle_at), if !closing => {
                 // Whether it is still idle: a request may have come and gone meanwhile.
@@ -217,6 +268,16 @@ where
             }
         }
     }
+}
+
+/// The signal once it says that a connection idle since `crowded` closes; `None` when the
+/// accept loop is gone.
+async fn wait_to_close(
+    mut signal: tokio::sync::watch::Receiver<Signal>,
+    crowded: u64,
+) -> Option<Signal> {
+    let seen = signal.wait_for(|signal| signal.closes_idle(crowded)).await;
+    seen.ok().map(|signal| *signal)
 }
 
 /// Routes one request.

@@ -63,21 +63,21 @@ struct Head {
     close: bool,
 }
 
-/// Serves bot calls on `stream` until it closes, `stop` turns true while it is idle, or a
-/// request comes that hyper must serve.
+/// Serves bot calls on `stream` until it closes, the accept loop's `signal` says to close
+/// while it is idle (shutdown, or room wanted for a new connection), or a request comes that
+/// hyper must serve.
 pub(super) async fn serve(
     mut stream: TcpStream,
     state: Arc<State>,
-    stop: watch::Receiver<bool>,
+    signal: watch::Receiver<super::Signal>,
 ) -> Ended {
     let settings = &state.settings;
     let mut buffer: Vec<u8> = Vec::with_capacity(BUFFER);
     let mut out: Vec<u8> = Vec::new();
-    // One wait for the stop signal for the whole connection (not one per request).
-    let mut signal = stop.clone();
-    let stopped = async move {
-        let _ = signal.wait_for(|stop| *stop).await;
-    };
+    // One wait for the signal for the whole connection (not one per request), made anew
+    // only when room was wanted while a call was in progress here.
+    let mut crowded = signal.borrow().crowded;
+    let stopped = super::wait_to_close(signal.clone(), crowded);
     tokio::pin!(stopped);
     // When the last answer was written (or the connection came): the next head's time
     // starts then, not while a slow reader was taking the answer.
@@ -108,13 +108,19 @@ pub(super) async fn serve(
                 }
             }
             let read = if buffer.is_empty() {
-                if *stop.borrow() {
+                let now = *signal.borrow();
+                if now.stop {
                     return Ended::Closed;
+                }
+                if now.crowded != crowded {
+                    // Room was wanted while this connection was not idle: it stays.
+                    crowded = now.crowded;
+                    stopped.set(super::wait_to_close(signal.clone(), crowded));
                 }
                 tokio::select! {
                     biased;
                     read = deadline.within(stream.read_buf(&mut buffer)) => read,
-                    () = &mut stopped => return Ended::Closed,
+                    _ = &mut stopped => return Ended::Closed,
                 }
             } else {
                 deadline.within(read_more(&mut stream, &mut buffer)).await
@@ -170,7 +176,7 @@ pub(super) async fn serve(
         };
         let outcome = outcome.map_err(|err| err.for_webhook(text(&buffer, head.name)));
         let read_all = buffer.len() as u64 >= whole;
-        let close = head.close || !read_all || *stop.borrow();
+        let close = head.close || !read_all || signal.borrow().stop;
         out.clear();
         encode(&mut out, outcome, close, Instant::now());
         if stream.write_all(&out).await.is_err() || close {

@@ -523,30 +523,8 @@ async fn call_over_http2(hookside: &Hookside, id: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
-    // Each call takes longer than the timeout: an open request keeps its connection.
-    let upstream = Upstream::start(|seen| {
-        Reply::json(200, json!({ "path": seen.target })).delayed(Duration::from_millis(700))
-    })
-    .await;
-    let dir = Dir::new();
-    dir.file(
-        "w.toml",
-        &format!(
-            "company = \"acme\"\nurl = \"http://{}/orders/{{{{ extractedData.id }}}}\"\n[variables]\npath = \"response.path\"\n",
-            upstream.host()
-        ),
-    );
-    let settings = hookside::config::Settings {
-        header_read_timeout: Duration::from_millis(300),
-        max_connections: 1,
-        ..Default::default()
-    };
-    let hookside = Hookside::with_settings(dir.path(), settings).await;
-
-    // The preface and SETTINGS, then no request: the one connection slot is taken. The
-    // client answers every PING, as one that means to hold the slot would.
+/// An HTTP/2 connection that sends the preface and SETTINGS, then no request.
+async fn idle_http2(hookside: &Hookside) -> tokio::net::TcpStream {
     let mut idle = tokio::net::TcpStream::connect(hookside.bot)
         .await
         .expect("connect");
@@ -556,6 +534,13 @@ async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
     )
     .await
     .expect("write");
+    idle
+}
+
+/// The types of the HTTP/2 frames that come on `idle` until hookside closes it, which must
+/// be within 10 s. It answers every PING, as a client that means to keep the connection
+/// would.
+async fn frames_until_closed(mut idle: tokio::net::TcpStream) -> Vec<u8> {
     let mut types = Vec::new();
     let mut buffer = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
@@ -585,6 +570,101 @@ async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
     })
     .await;
     assert!(closed.is_ok(), "closed within 10 s; frames {types:?}");
+    types
+}
+
+// Clients holding every slot with idle keep-alive connections (a bot that leaks them) do
+// not keep a new one out for the header read timeout: the idle connections, HTTP/1 and
+// HTTP/2, close to make room, as nginx's do. A connection with a call in progress keeps
+// it, and the call is answered.
+#[tokio::test]
+async fn idle_connections_make_room_when_every_slot_is_taken() {
+    let upstream =
+        Upstream::start(|seen| {
+            let slow = seen.target.ends_with("/slow");
+            Reply::json(200, json!({ "path": seen.target }))
+                .delayed(Duration::from_millis(if slow { 1500 } else { 0 }))
+        })
+        .await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{}/orders/{{{{ extractedData.id }}}}\"\n[variables]\npath = \"response.path\"\n",
+            upstream.host()
+        ),
+    );
+    let settings = hookside::config::Settings {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections: 4,
+        ..Default::default()
+    };
+    let hookside = Hookside::with_settings(dir.path(), settings).await;
+    let mut idle = Vec::new();
+    for id in ["a", "b"] {
+        let mut client = Client::connect(hookside.bot).await;
+        client.send(&call(id, "")).await;
+        assert_eq!(client.answer().await.expect("answer").status, 200);
+        idle.push(client);
+    }
+    let idle_h2 = idle_http2(&hookside).await;
+    let mut busy = Client::connect(hookside.bot).await;
+    busy.send(&call("slow", "")).await;
+    let slow_sent = crate::util::eventually(Duration::from_secs(5), || async {
+        upstream.seen().len() == 3
+    })
+    .await;
+    assert!(slow_sent, "the slow call reached the upstream");
+
+    // Every slot is taken; a new client is answered within `answer`'s 10 s, long before
+    // the 60 s header read timeout would free a slot.
+    let mut new = Client::connect(hookside.bot).await;
+    new.send(&call("new", "")).await;
+    let answer = new.answer().await.expect("the new client is answered");
+    assert_eq!((answer.status, answer.path()), (200, "/orders/new"));
+    for client in &mut idle {
+        assert!(client.closed().await, "an idle connection closed");
+    }
+    assert!(frames_until_closed(idle_h2).await.contains(&0x7), "GOAWAY");
+    let slow = busy
+        .answer()
+        .await
+        .expect("the call in progress is answered");
+    assert_eq!((slow.status, slow.path()), (200, "/orders/slow"));
+    // It stays open: another call on it is answered.
+    busy.send(&call("again", "")).await;
+    let again = busy
+        .answer()
+        .await
+        .expect("answered on the same connection");
+    assert_eq!(again.path(), "/orders/again");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
+    // Each call takes longer than the timeout: an open request keeps its connection.
+    let upstream = Upstream::start(|seen| {
+        Reply::json(200, json!({ "path": seen.target })).delayed(Duration::from_millis(700))
+    })
+    .await;
+    let dir = Dir::new();
+    dir.file(
+        "w.toml",
+        &format!(
+            "company = \"acme\"\nurl = \"http://{}/orders/{{{{ extractedData.id }}}}\"\n[variables]\npath = \"response.path\"\n",
+            upstream.host()
+        ),
+    );
+    let settings = hookside::config::Settings {
+        header_read_timeout: Duration::from_millis(300),
+        max_connections: 1,
+        ..Default::default()
+    };
+    let hookside = Hookside::with_settings(dir.path(), settings).await;
+
+    // The preface and SETTINGS, then no request: the one connection slot is taken.
+    let idle = idle_http2(&hookside).await;
+    let types = frames_until_closed(idle).await;
     assert!(
         types.contains(&0x7),
         "a GOAWAY before the close: frame types {types:?}"
@@ -593,4 +673,42 @@ async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
     // The slot is free again, and a call longer than the timeout is answered.
     assert_eq!(call_over_http2(&hookside, "after").await, "/orders/after");
     assert_eq!(upstream.seen().len(), 1);
+}
+
+// The real binary warns when clients found every slot taken, once a minute at most: a
+// steady stream of them does not flood the log.
+#[tokio::test]
+async fn clients_finding_every_slot_taken_are_logged_once_a_minute() {
+    let (upstream, dir, _) = start().await;
+    let config = dir.file("hookside.toml", "[limits]\nmax_connections = 1\n");
+    let webhooks = dir.path().join("webhooks.d");
+    let process = crate::util::Process::serve(
+        &webhooks,
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let mut kept = Vec::new();
+    for id in ["a", "b", "c"] {
+        let mut client = Client::connect(process.bot).await;
+        client.send(&call(id, "")).await;
+        let answer = client
+            .answer()
+            .await
+            .expect("answered: the idle one made room");
+        assert_eq!(answer.path(), format!("/orders/{id}"));
+        // The connection stays, idle: the next client finds the slot taken.
+        kept.push(client);
+    }
+    assert_eq!(upstream.seen().len(), 3);
+    // The first two were closed to make room; the last one stays.
+    for client in &mut kept[..2] {
+        assert!(client.closed().await);
+    }
+    let log = process.log();
+    assert_eq!(
+        log.matches("every connection slot was taken").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("max_connections=1"), "{log}");
 }
