@@ -35,16 +35,19 @@ mod http1;
 struct Signal {
     /// Shutdown began: a connection closes once idle, and after the request it serves.
     stop: bool,
-    /// How many times a client came while every slot was taken: a connection idle between
-    /// requests when this changes closes, so that clients holding idle keep-alive
-    /// connections cannot keep a new one out (nginx closes idle connections so too).
-    crowded: u64,
+    /// A client waits for a slot: while it does, a connection that is idle, or becomes
+    /// idle, closes to make room, so that clients holding idle keep-alive connections
+    /// cannot keep a new one out (nginx, too, closes idle keep-alive connections when it
+    /// runs out of them).
+    waiting: bool,
 }
 
 impl Signal {
-    /// Whether a connection idle since the signal's count was `crowded` is to close.
-    fn closes_idle(&self, crowded: u64) -> bool {
-        self.stop || self.crowded != crowded
+    /// Whether an idle connection closes; `room`: whether it would to make room (only one
+    /// that has served a request, so that a new one is not closed before its first request
+    /// is read).
+    fn closes_idle(&self, room: bool) -> bool {
+        self.stop || (room && self.waiting)
     }
 }
 
@@ -90,7 +93,7 @@ pub async fn run(
     let (signal, stopped) = tokio::sync::watch::channel(Signal::default());
     // Clients that found every slot taken since the last warning, and when that was: one
     // warning a minute at most, as under a steady overload each new client finds it so.
-    let mut crowded_since = (0u64, None::<std::time::Instant>);
+    let mut crowded = (0u64, None::<std::time::Instant>);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -109,26 +112,29 @@ pub async fn run(
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => Ok(slot),
             Err(_) => {
-                // A client waits: the idle connections make room (the others, and the
-                // clients behind this one in the backlog, wait for a slot).
-                signal.send_modify(|signal| signal.crowded += 1);
-                crowded_since.0 += 1;
-                if crowded_since
+                // A client waits: the idle connections make room, and so does each one
+                // that becomes idle while it waits (the clients behind it in the backlog
+                // wait their turn).
+                signal.send_modify(|signal| signal.waiting = true);
+                crowded.0 += 1;
+                if crowded
                     .1
                     .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
                 {
                     tracing::warn!(
                         max_connections = state.settings.max_connections,
-                        clients = crowded_since.0,
+                        clients = crowded.0,
                         "every connection slot was taken when clients came: idle connections \
-                         are closed to make room, the others wait"
+                         are closed to make room"
                     );
-                    crowded_since = (0, Some(std::time::Instant::now()));
+                    crowded = (0, Some(std::time::Instant::now()));
                 }
-                tokio::select! {
+                let slot = tokio::select! {
                     slot = Arc::clone(&slots).acquire_owned() => slot,
                     () = &mut shutdown => break,
-                }
+                };
+                signal.send_modify(|signal| signal.waiting = false);
+                slot
             }
         };
         let Ok(slot) = slot else { break };
@@ -192,6 +198,10 @@ pub async fn run(
 struct Activity {
     open: std::sync::atomic::AtomicUsize,
     since: std::sync::Mutex<tokio::time::Instant>,
+    /// Notified when the last open request ends (HTTP/2 serves each on a task of its own).
+    idle: tokio::sync::Notify,
+    /// Whether a request has been opened.
+    served: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Activity {
@@ -199,6 +209,8 @@ impl Default for Activity {
         Activity {
             open: std::sync::atomic::AtomicUsize::new(0),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
+            idle: tokio::sync::Notify::new(),
+            served: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -210,10 +222,13 @@ impl Activity {
         impl Drop for Open {
             fn drop(&mut self) {
                 *crate::lock(&self.0.since) = tokio::time::Instant::now();
-                self.0.open.fetch_sub(1, Ordering::SeqCst);
+                if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    self.0.idle.notify_one();
+                }
             }
         }
         self.open.fetch_add(1, Ordering::SeqCst);
+        self.served.store(true, Ordering::SeqCst);
         Open(Arc::clone(self))
     }
 
@@ -223,12 +238,13 @@ impl Activity {
     }
 }
 
-/// Serves `connection` to its end. It is shut down gracefully when `stop` turns true, or
-/// after `timeout` without an open request: an idle HTTP/2 connection would otherwise hold
-/// its slot for ever (hyper bounds only HTTP/1's wait for a head, with
-/// `header_read_timeout`). Gracefully: an answer being written is written whole; an HTTP/2
-/// client gets `GOAWAY`, and its open streams finish. A client that does not answer the
-/// `GOAWAY`'s ping is closed by the keep-alive pings (30 s, then 20 s for the answer).
+/// Serves `connection` to its end. It is shut down gracefully when `stop` turns true, when
+/// a client waits for a slot while it is idle, or after `timeout` without an open request:
+/// an idle HTTP/2 connection would otherwise hold its slot for ever (hyper bounds only
+/// HTTP/1's wait for a head, with `header_read_timeout`). Gracefully: an answer being
+/// written is written whole; an HTTP/2 client gets `GOAWAY`, and its open streams finish.
+/// A client that does not answer the `GOAWAY`'s ping is closed by the keep-alive pings (30
+/// s, then 20 s for the answer).
 async fn serve_until_idle<C, E>(
     connection: C,
     shut_down: impl Fn(Pin<&mut C>),
@@ -242,23 +258,19 @@ where
     use tokio::time::{Instant, sleep_until};
     tokio::pin!(connection);
     let mut closing = false;
-    let mut crowded = signal.borrow().crowded;
     loop {
-        let idle_at = activity
-            .idle_at(timeout)
-            .unwrap_or_else(|| Instant::now() + timeout);
+        let idle = activity.idle_at(timeout);
+        let idle_at = idle.unwrap_or_else(|| Instant::now() + timeout);
+        let room = idle.is_some() && activity.served.load(Ordering::SeqCst);
         tokio::select! {
             ended = connection.as_mut() => return ended,
-            seen = wait_to_close(signal.clone(), crowded), if !closing => {
-                // Room wanted: only an idle connection makes it (a request in progress
-                // finishes, and the connection stays).
-                let stop = seen.is_none_or(|signal| signal.stop);
-                crowded = seen.map_or(crowded, |signal| signal.crowded);
-                if stop || activity.idle_at(timeout).is_some() {
-                    shut_down(connection.as_mut());
-                    closing = true;
-                }
+            // While a request is open (or before the first), only shutdown closes it; the
+            // end of a request loops to look again.
+            _ = wait_to_close(signal.clone(), room), if !closing => {
+                shut_down(connection.as_mut());
+                closing = true;
             }
+            () = activity.idle.notified(), if !room && !closing => {}
             () = sleep_until(idle_at), if !closing => {
                 // Whether it is still idle: a request may have come and gone meanwhile.
                 if activity.idle_at(timeout).is_some_and(|at| at <= Instant::now()) {
@@ -270,13 +282,13 @@ where
     }
 }
 
-/// The signal once it says that a connection idle since `crowded` closes; `None` when the
-/// accept loop is gone.
+/// The signal once it says that an idle connection closes ([`Signal::closes_idle`]);
+/// `None` when the accept loop is gone.
 async fn wait_to_close(
     mut signal: tokio::sync::watch::Receiver<Signal>,
-    crowded: u64,
+    room: bool,
 ) -> Option<Signal> {
-    let seen = signal.wait_for(|signal| signal.closes_idle(crowded)).await;
+    let seen = signal.wait_for(|signal| signal.closes_idle(room)).await;
     seen.ok().map(|signal| *signal)
 }
 

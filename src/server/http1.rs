@@ -75,9 +75,10 @@ pub(super) async fn serve(
     let mut buffer: Vec<u8> = Vec::with_capacity(BUFFER);
     let mut out: Vec<u8> = Vec::new();
     // One wait for the signal for the whole connection (not one per request), made anew
-    // only when room was wanted while a call was in progress here.
-    let mut crowded = signal.borrow().crowded;
-    let stopped = super::wait_to_close(signal.clone(), crowded);
+    // once, after the first answer: from then on the connection also closes, when idle,
+    // to make room for a client that waits for a slot.
+    let mut answered = false;
+    let stopped = super::wait_to_close(signal.clone(), answered);
     tokio::pin!(stopped);
     // When the last answer was written (or the connection came): the next head's time
     // starts then, not while a slow reader was taking the answer.
@@ -108,14 +109,8 @@ pub(super) async fn serve(
                 }
             }
             let read = if buffer.is_empty() {
-                let now = *signal.borrow();
-                if now.stop {
+                if signal.borrow().closes_idle(answered) {
                     return Ended::Closed;
-                }
-                if now.crowded != crowded {
-                    // Room was wanted while this connection was not idle: it stays.
-                    crowded = now.crowded;
-                    stopped.set(super::wait_to_close(signal.clone(), crowded));
                 }
                 tokio::select! {
                     biased;
@@ -184,6 +179,10 @@ pub(super) async fn serve(
             return Ended::Closed;
         }
         written = Instant::now();
+        if !answered {
+            answered = true;
+            stopped.set(super::wait_to_close(signal.clone(), answered));
+        }
         // Pipelined requests stay for the next turn.
         buffer.drain(..whole as usize);
         if buffer.is_empty() && buffer.capacity() > MAX_HEAD {

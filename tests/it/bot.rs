@@ -573,19 +573,37 @@ async fn frames_until_closed(mut idle: tokio::net::TcpStream) -> Vec<u8> {
     types
 }
 
-// Clients holding every slot with idle keep-alive connections (a bot that leaks them) do
-// not keep a new one out for the header read timeout: the idle connections, HTTP/1 and
-// HTTP/2, close to make room, as nginx's do. A connection with a call in progress keeps
-// it, and the call is answered.
-#[tokio::test]
-async fn idle_connections_make_room_when_every_slot_is_taken() {
-    let upstream =
-        Upstream::start(|seen| {
-            let slow = seen.target.ends_with("/slow");
-            Reply::json(200, json!({ "path": seen.target }))
-                .delayed(Duration::from_millis(if slow { 1500 } else { 0 }))
-        })
-        .await;
+/// An HTTP/2 connection (hyper's client) that has made one call of `w`: its sender (the
+/// connection stays open while it is kept) and its driver, which ends when hookside
+/// closes the connection.
+async fn http2_after_a_call(
+    hookside: &Hookside,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = tokio::net::TcpStream::connect(hookside.bot)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("handshake");
+    let driver = tokio::spawn(connection);
+    let body = json!({ "extractedData": { "id": "h2" } }).to_string();
+    let request = http::Request::post(format!("http://{}/v1/webhooks/w", hookside.bot))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(response.status(), 200);
+    (sender, driver)
+}
+
+/// hookside with webhook `w` on `upstream` and `max_connections` slots (a 60 s header read
+/// timeout: no slot is freed by it while a test runs).
+async fn with_slots(upstream: &Upstream, max_connections: usize) -> (Dir, Hookside) {
     let dir = Dir::new();
     dir.file(
         "w.toml",
@@ -596,48 +614,94 @@ async fn idle_connections_make_room_when_every_slot_is_taken() {
     );
     let settings = hookside::config::Settings {
         header_read_timeout: Duration::from_secs(60),
-        max_connections: 4,
+        max_connections,
         ..Default::default()
     };
     let hookside = Hookside::with_settings(dir.path(), settings).await;
-    let mut idle = Vec::new();
-    for id in ["a", "b"] {
-        let mut client = Client::connect(hookside.bot).await;
-        client.send(&call(id, "")).await;
-        assert_eq!(client.answer().await.expect("answer").status, 200);
-        idle.push(client);
-    }
-    let idle_h2 = idle_http2(&hookside).await;
+    (dir, hookside)
+}
+
+/// Whether `client`'s connection is closed (checked for half a second).
+async fn closed_now(client: &mut Client) -> bool {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(500), client.stream.read(&mut byte));
+    matches!(read.await, Ok(Ok(0) | Err(_)))
+}
+
+// Clients holding every slot with idle keep-alive connections (a bot that leaks them) do
+// not keep a new one out for the header read timeout: an idle connection, HTTP/1 or
+// HTTP/2, closes to make room (nginx, too, closes idle ones when it runs out), and so does
+// one that becomes idle while the client waits. A call in progress is answered, and a
+// connection that has not had its first request yet is left to make it. Every wait below
+// is bounded by `answer`'s 10 s, far below the 60 s header read timeout.
+#[tokio::test]
+async fn idle_connections_make_room_when_every_slot_is_taken() {
+    let upstream =
+        Upstream::start(|seen| {
+            let slow = seen.target.ends_with("/slow");
+            Reply::json(200, json!({ "path": seen.target }))
+                .delayed(Duration::from_millis(if slow { 1500 } else { 0 }))
+        })
+        .await;
+    let slow_reached = |count: usize| {
+        let upstream = &upstream;
+        crate::util::eventually(Duration::from_secs(5), move || {
+            let seen = upstream.seen().len();
+            async move { seen == count }
+        })
+    };
+
+    // Three slots: one idle after a call, one not used yet, one in a slow call.
+    let (_dir, hookside) = with_slots(&upstream, 3).await;
+    let mut idle = Client::connect(hookside.bot).await;
+    idle.send(&call("a", "")).await;
+    assert_eq!(idle.answer().await.expect("answer").status, 200);
+    let mut fresh = Client::connect(hookside.bot).await;
     let mut busy = Client::connect(hookside.bot).await;
     busy.send(&call("slow", "")).await;
-    let slow_sent = crate::util::eventually(Duration::from_secs(5), || async {
-        upstream.seen().len() == 3
-    })
-    .await;
-    assert!(slow_sent, "the slow call reached the upstream");
-
-    // Every slot is taken; a new client is answered within `answer`'s 10 s, long before
-    // the 60 s header read timeout would free a slot.
+    assert!(slow_reached(2).await, "the slow call reached the upstream");
     let mut new = Client::connect(hookside.bot).await;
     new.send(&call("new", "")).await;
     let answer = new.answer().await.expect("the new client is answered");
     assert_eq!((answer.status, answer.path()), (200, "/orders/new"));
-    for client in &mut idle {
-        assert!(client.closed().await, "an idle connection closed");
-    }
-    assert!(frames_until_closed(idle_h2).await.contains(&0x7), "GOAWAY");
+    assert!(closed_now(&mut idle).await, "the idle connection made room");
+    fresh.send(&call("fresh", "")).await;
+    let answer = fresh.answer().await.expect("the unused one was left");
+    assert_eq!(answer.path(), "/orders/fresh");
     let slow = busy
         .answer()
         .await
         .expect("the call in progress is answered");
     assert_eq!((slow.status, slow.path()), (200, "/orders/slow"));
-    // It stays open: another call on it is answered.
-    busy.send(&call("again", "")).await;
-    let again = busy
+
+    // One slot, in a slow call, while a client waits: after its answer, it makes room.
+    let (_dir, hookside) = with_slots(&upstream, 1).await;
+    let mut busy = Client::connect(hookside.bot).await;
+    busy.send(&call("slow", "")).await;
+    assert!(slow_reached(5).await, "the slow call reached the upstream");
+    let mut last = Client::connect(hookside.bot).await;
+    last.send(&call("last", "")).await;
+    let slow = busy
         .answer()
         .await
-        .expect("answered on the same connection");
-    assert_eq!(again.path(), "/orders/again");
+        .expect("the call in progress is answered");
+    assert_eq!(slow.path(), "/orders/slow");
+    assert!(busy.closed().await, "then it closed to make room");
+    let answer = last.answer().await.expect("the waiting client is answered");
+    assert_eq!(answer.path(), "/orders/last");
+
+    // One slot, an idle HTTP/2 connection: it gets a GOAWAY and ends.
+    let (_dir, hookside) = with_slots(&upstream, 1).await;
+    let (_sender, idle_h2) = http2_after_a_call(&hookside).await;
+    let mut new = Client::connect(hookside.bot).await;
+    new.send(&call("after-h2", "")).await;
+    let answer = new.answer().await.expect("the new client is answered");
+    assert_eq!(answer.path(), "/orders/after-h2");
+    let ended = tokio::time::timeout(Duration::from_secs(10), idle_h2).await;
+    assert!(
+        ended.is_ok_and(|driver| driver.is_ok_and(|ended| ended.is_ok())),
+        "the idle HTTP/2 connection ended cleanly"
+    );
 }
 
 #[tokio::test]
