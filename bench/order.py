@@ -62,7 +62,7 @@ def instructions_by_function(calls):
 
 def main():
     # No arguments: --help shows what the script does, anything else is a mistake.
-    argparse.ArgumentParser(prog="bench/order.py", description=__doc__,
+    argparse.ArgumentParser(prog="bench/order.py", description=__doc__, allow_abbrev=False,
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     few, many = instructions_by_function(200), instructions_by_function(2200)
     per_call = {name: (count - few.get(name, 0)) / 2000 for name, count in many.items()}

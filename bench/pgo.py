@@ -147,7 +147,7 @@ def train(binary):
 
 def main():
     # No arguments: --help shows what the script does, anything else is a mistake.
-    argparse.ArgumentParser(prog="bench/pgo.py", description=__doc__,
+    argparse.ArgumentParser(prog="bench/pgo.py", description=__doc__, allow_abbrev=False,
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     missing = [tool for tool in ("nginx", "wrk", "oha", "taskset", "openssl")
                if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}")]

@@ -137,7 +137,7 @@ def run(count):
 
 
 def main():
-    parser = argparse.ArgumentParser(prog="bench/reload.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="bench/reload.py", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sizes", nargs="*", type=int, default=[1000, 10000], metavar="FILES",
                         help="how many webhook files, one run each (default: 1000 10000)")

@@ -787,7 +787,7 @@ def arguments(argv):
     """The command line, checked before anything starts: a mistyped flag is an error, not a
     12-minute run of the default bench."""
     parser = argparse.ArgumentParser(
-        prog="bench/run.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="bench/run.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description=__doc__.split("\n\n", 1)[1],
         epilog="environment: HOOKSIDE_BIN and HOOKSIDE_SYSTEM_ALLOC_BIN (the builds measured; "
                "default: target/pgo and target/system-alloc, which bench/run.sh builds), RATE "
@@ -821,7 +821,7 @@ def arguments(argv):
     # bench/run.sh checks the arguments before it builds; the builds are checked after.
     if not args.check_args:
         for build in builds:
-            if not os.access(build, os.X_OK):
+            if not shutil.which(build):
                 parser.error(f"{build} is not an executable: bash bench/run.sh builds it")
     args.rounds = args.rounds or (12 if args.ab else 5)
     args.seconds = args.seconds or 5

@@ -280,7 +280,7 @@ pub fn compile(
     upstream: &Upstream,
 ) -> Result<Webhook, Vec<Problem>> {
     compile_fields(def, fields, revision, settings, upstream).map_err(|mut problems| {
-        problems.iter_mut().for_each(super::source::pinpoint);
+        super::source::pinpoint(&mut problems);
         problems
     })
 }

@@ -95,8 +95,9 @@ pub fn resolve(raw: &str, base_dir: &Path, templated: bool) -> Result<Vec<Piece>
 
 /// Like [`resolve`], but a secret that is not set here is replaced by a placeholder
 /// (`unset-env-NAME`) and reported: `hookside check` runs where production secrets are not.
-/// A secret file that is there but cannot be one (too large, not a regular file, not
-/// UTF-8) is still an error: serve would refuse it wherever it runs.
+/// A secret file that is there but cannot be one (too large, not a regular file) is still
+/// an error: serve would refuse it wherever it runs. (One that is not UTF-8 is taken as not
+/// set here: a checkout may hold it encrypted, as git-crypt does.)
 pub fn resolve_or_placeholder(
     raw: &str,
     base_dir: &Path,
@@ -292,9 +293,9 @@ fn find_reference(s: &str) -> Option<usize> {
 struct Unresolved {
     /// Names the reference, never a value.
     message: String,
-    /// Not set where this runs (an unset variable, a missing or unreadable file, an empty
-    /// value), as production secrets are not where `check` runs; otherwise the secret is
-    /// there and wrong.
+    /// Not set where this runs (an unset variable, a missing, unreadable or encrypted file,
+    /// an empty value), as production secrets are not where `check` runs; otherwise the
+    /// secret is there and wrong.
     not_here: bool,
 }
 
@@ -304,18 +305,25 @@ fn resolve_one(reference: &str, base_dir: &Path) -> Result<Secret, Unresolved> {
         not_here: true,
     };
     let value = if let Some(name) = reference.strip_prefix("env:") {
-        std::env::var(name).map_err(|_| {
+        std::env::var(name).map_err(|err| {
+            let why = match err {
+                std::env::VarError::NotPresent => "is not set",
+                std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+            };
             not_here(format!(
-                "secret `${{{reference}}}`: environment variable {name} is not set"
+                "secret `${{{reference}}}`: environment variable {name} {why}"
             ))
         })?
     } else if let Some(path) = reference.strip_prefix("file:") {
         let path = base_dir.join(path);
         let mut text =
             super::source::read_text_at_most(&path, super::source::MAX_SECRET).map_err(|err| {
-                use std::io::ErrorKind::{NotFound, PermissionDenied};
+                use std::io::ErrorKind::{InvalidData, NotADirectory, NotFound, PermissionDenied};
                 Unresolved {
-                    not_here: matches!(err.kind(), NotFound | PermissionDenied),
+                    not_here: matches!(
+                        err.kind(),
+                        NotFound | NotADirectory | PermissionDenied | InvalidData
+                    ),
                     message: format!(
                         "secret `${{{reference}}}`: cannot read {}: {err}",
                         path.display()

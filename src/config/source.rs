@@ -159,33 +159,58 @@ impl fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
-/// Points a problem about a template at the template's own line: a template error in a
+/// Points problems about templates at the templates' own lines: a template error in a
 /// multi-line string says `(template line N)` (which stays in the message: a webhook's
 /// problem is matched to its template's by the message), and a value of the JSON body
-/// would otherwise point at its `[body]` table. The problem's file is read and parsed again
-/// (on this error path only); unless the field its message names is a string there that
-/// the problem's location points at, the problem is left as it was.
-pub fn pinpoint(problem: &mut Problem) {
-    let Some((line, column)) = located_template(problem) else {
-        return;
+/// would otherwise point at its `[body]` table. Each file with such a problem is read and
+/// parsed again, once (on this error path only); a problem is left as it was unless the
+/// field its message names is a string there that the problem's location points at.
+pub fn pinpoint(problems: &mut [Problem]) {
+    let wanted = |problem: &Problem| {
+        problem.line.is_some()
+            && (problem.message.starts_with("body.") || problem.message.ends_with(')'))
+            && problem.message.contains(": ")
     };
-    problem.line = Some(line);
-    problem.column = Some(column);
+    let mut paths: Vec<PathBuf> = problems
+        .iter()
+        .filter(|problem| wanted(problem))
+        .map(|problem| problem.path.clone())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    for path in paths {
+        let Ok(text) = read_text_at_most(&path, MAX_FILE) else {
+            continue;
+        };
+        let Ok(document) = toml::de::DeTable::parse(&text) else {
+            continue;
+        };
+        let file = SourceFile::new(Arc::from(path.as_path()), text.clone());
+        for problem in problems.iter_mut() {
+            if problem.path == path
+                && wanted(problem)
+                && let Some((line, column)) = located_template(problem, document.get_ref(), &file)
+            {
+                problem.line = Some(line);
+                problem.column = Some(column);
+            }
+        }
+    }
 }
 
-fn located_template(problem: &Problem) -> Option<(usize, usize)> {
+fn located_template(
+    problem: &Problem,
+    document: &toml::de::DeTable<'_>,
+    file: &SourceFile,
+) -> Option<(usize, usize)> {
     let (field, _) = problem.message.split_once(": ")?;
+    let (table, key) = field.split_once('.').unwrap_or((field, ""));
     let template_line: usize = match problem.message.rsplit_once(" (template line ") {
         Some((_, n)) => n.strip_suffix(')')?.parse().ok()?,
-        None => 1,
+        None if table == "body" => 1,
+        None => return None,
     };
-    let (table, key) = field.split_once('.').unwrap_or((field, ""));
-    if template_line < 2 && table != "body" {
-        return None;
-    }
-    let text = read_text_at_most(&problem.path, MAX_FILE).ok()?;
-    let document = toml::de::DeTable::parse(&text).ok()?;
-    let top = entry(document.get_ref(), table)?;
+    let top = entry(document, table)?;
     let value = if key.is_empty() {
         top
     } else if let toml::de::DeValue::Table(fields) = top.get_ref()
@@ -219,7 +244,6 @@ fn located_template(problem: &Problem) -> Option<(usize, usize)> {
         }
         value
     };
-    let file = SourceFile::new(Arc::from(problem.path.as_path()), text.clone());
     // The problem is about this value (or, for the body, its table): a file changed since
     // it was loaded is left alone.
     let first_line = |offset: usize| file.locate(offset).line_col.map(|(line, _)| line);
@@ -227,11 +251,36 @@ fn located_template(problem: &Problem) -> Option<(usize, usize)> {
     if first_line(pointed.span().start) != problem.line {
         return None;
     }
-    if !matches!(value.get_ref(), toml::de::DeValue::String(_)) {
+    let toml::de::DeValue::String(text) = value.get_ref() else {
+        return None;
+    };
+    // A value with a secret is compiled piece by piece, each counting its own lines.
+    if text.contains("${env:") || text.contains("${file:") {
         return None;
     }
-    let offset = template_line_start(file.text(), value.span(), template_line)?;
-    file.locate(offset).line_col
+    // An expression is compiled without the blank lines and `{{` around it.
+    let expression = match table {
+        "variables" => Some(crate::render::single_expression(text).unwrap_or(text.trim())),
+        "body" if text.contains("{{") || text.contains("{%") => {
+            crate::render::single_expression(text)
+        }
+        _ => None,
+    };
+    let skipped = expression.map_or(0, |bare| {
+        let before = (bare.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+        text.get(..before)
+            .map_or(0, |before| before.matches('\n').count())
+    });
+    let line = template_line + skipped;
+    let offset = template_line_start(file.text(), value.span(), line)?;
+    let at = file.locate(offset).line_col?;
+    // The first line, on the value's own line: the value's start says it as well.
+    (table == "body" || line > 1 || Some(at.0) != problem.line).then_some(at)
+}
+
+/// Whether hex digits name U+000A.
+fn is_line_feed(hex: &str) -> bool {
+    u32::from_str_radix(hex, 16) == Ok(0x0A)
 }
 
 /// The value of `key` in `table`.
@@ -274,10 +323,15 @@ fn template_line_start(text: &str, span: std::ops::Range<usize>, wanted: usize) 
                 at += 1 + after.len() - after.trim_start_matches([' ', '\t', '\r', '\n']).len();
                 continue;
             }
-            if after.starts_with('n') {
-                line += 1;
-            }
-            at += 1 + after.chars().next().map_or(0, char::len_utf8);
+            // `\n`, and a line feed written as `\u000A` or `\U0000000A`.
+            let (newline, length) = match after.as_bytes().first() {
+                Some(b'n') => (true, 1),
+                Some(b'u') => (after.get(1..5).is_some_and(is_line_feed), 5),
+                Some(b'U') => (after.get(1..9).is_some_and(is_line_feed), 9),
+                _ => (false, after.chars().next().map_or(0, char::len_utf8)),
+            };
+            line += usize::from(newline);
+            at += 1 + length.min(after.len());
             continue;
         }
         if c == '\n' {
@@ -493,6 +547,7 @@ mod tests {
             ),
             ("v = \"a\\\"\\n\\\\n\\nTHREE\"\n", "THREE"),
             ("v = \"\"\"\n\u{e9}\u{e9}\ntwo\nTHREE\"\"\"\n", "THREE"),
+            ("v = \"one\\u000Atwo\\U0000000aTHREE \\u0041\"\n", "THREE"),
         ];
         for (text, marker) in cases {
             let start = text.find(['"', '\'']).expect("a string");

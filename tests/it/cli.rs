@@ -1385,6 +1385,10 @@ fn check_fails_a_secret_file_serve_would_refuse_and_warns_of_one_not_there() {
     };
     dir.file("folder.toml", &webhook("${file:folder}"));
     dir.file("absent.toml", &webhook("${file:not-here}"));
+    // Encrypted in the checkout (git-crypt), or a path through a file: not set here.
+    std::fs::write(dir.path().join("sealed"), b"\x00GITCRYPT\x00\xff\xfe").expect("write");
+    dir.file("sealed.toml", &webhook("${file:sealed}"));
+    dir.file("through.toml", &webhook("${file:sealed/token}"));
     let output = check(&dir);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
@@ -1393,6 +1397,8 @@ fn check_fails_a_secret_file_serve_would_refuse_and_warns_of_one_not_there() {
         &[
             "folder.toml:5:9: auth.token: secret `${file:folder}`: cannot read",
             "absent.toml:5:9: warning: auth.token: secret `${file:not-here}`: cannot read",
+            "sealed.toml:5:9: warning: auth.token: secret `${file:sealed}`: cannot read",
+            "through.toml:5:9: warning: auth.token: secret `${file:sealed/token}`: cannot read",
         ],
     );
     assert!(out.contains("folder: not a regular file"), "{out}");
@@ -1430,6 +1436,31 @@ fn check_points_a_template_error_at_its_own_line() {
         "child.toml",
         "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\nextends = \"base\"\n",
     );
+    // Line 1 after `"""` and a line break; a line feed written `\u000A`; a body expression
+    // with blank lines around it (compiled without them); a value with a secret, whose
+    // pieces count their own lines, keeps the value's location.
+    dir.file(
+        "more.toml",
+        concat!(
+            "company = \"a\"\n",                          // 1
+            "url = \"http://127.0.0.1:9/\"\n",            // 2
+            "[headers]\n",                                // 3
+            "X-One = \"\"\"\n",                           // 4
+            "{{ one }\n",                                 // 5
+            "\"\"\"\n",                                   // 6
+            "X-Escaped = \"\"\"a\\u000A{{ two }\"\"\"\n", // 7
+            "X-Secret = \"\"\"\n",                        // 8
+            "${env:HOME}\n",                              // 9
+            "{{ three }\n",                               // 10
+            "\"\"\"\n",                                   // 11
+            "[body]\n",                                   // 12
+            "e = \"\"\"\n",                               // 13
+            "\n",                                         // 14
+            "{{ reply\n",                                 // 15
+            "  | nosuch( }}\n",                           // 16
+            "\"\"\"\n",                                   // 17
+        ),
+    );
     let output = check(&dir);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
@@ -1441,6 +1472,10 @@ fn check_points_a_template_error_at_its_own_line() {
             "w.toml:13:1: body.order.items[1]: syntax error: unexpected end of block (template line 2)\n",
             "base.toml:6:1: body.note: syntax error:",
             "child.toml:3:11: extends: template \"base\" does not load",
+            "more.toml:5:1: headers.x-one: syntax error:",
+            "more.toml:7:23: headers.x-escaped: syntax error:",
+            "more.toml:8:12: headers.x-secret: syntax error:",
+            "more.toml:16:1: body.e: syntax error:",
         ],
     );
 }
