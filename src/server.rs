@@ -152,6 +152,9 @@ pub async fn run(
                 },
                 Api::Admin => http1::Replay::none(stream),
             };
+            // Only HTTP/2 closes to make room here: hyper's HTTP/1 would drop a request
+            // whose head is arriving, where HTTP/2's `GOAWAY` tells the client what to retry.
+            let makes_room = io.is_http2();
             let idle_timeout = state.settings.header_read_timeout;
             let activity = Arc::new(Activity::default());
             let service = {
@@ -171,7 +174,14 @@ pub async fn run(
                 .into_owned();
             let shut_down =
                 |connection: Pin<&mut _>| auto::Connection::graceful_shutdown(connection);
-            let ended = serve_until_idle(connection, shut_down, &activity, idle_timeout, stopped);
+            let ended = serve_until_idle(
+                connection,
+                shut_down,
+                &activity,
+                makes_room,
+                idle_timeout,
+                stopped,
+            );
             if let Err(err) = ended.await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
@@ -239,7 +249,8 @@ impl Activity {
 }
 
 /// Serves `connection` to its end. It is shut down gracefully when `stop` turns true, when
-/// a client waits for a slot while it is idle, or after `timeout` without an open request:
+/// a client waits for a slot while it is idle (if it `makes_room`, and has served a
+/// request), or after `timeout` without an open request:
 /// an idle HTTP/2 connection would otherwise hold its slot for ever (hyper bounds only
 /// HTTP/1's wait for a head, with `header_read_timeout`). Gracefully: an answer being
 /// written is written whole; an HTTP/2 client gets `GOAWAY`, and its open streams finish.
@@ -249,6 +260,7 @@ async fn serve_until_idle<C, E>(
     connection: C,
     shut_down: impl Fn(Pin<&mut C>),
     activity: &Activity,
+    makes_room: bool,
     timeout: Duration,
     signal: tokio::sync::watch::Receiver<Signal>,
 ) -> Result<(), E>
@@ -261,14 +273,18 @@ where
     loop {
         let idle = activity.idle_at(timeout);
         let idle_at = idle.unwrap_or_else(|| Instant::now() + timeout);
-        let room = idle.is_some() && activity.served.load(Ordering::SeqCst);
+        let room = makes_room && idle.is_some() && activity.served.load(Ordering::SeqCst);
         tokio::select! {
             ended = connection.as_mut() => return ended,
             // While a request is open (or before the first), only shutdown closes it; the
             // end of a request loops to look again.
-            _ = wait_to_close(signal.clone(), room), if !closing => {
-                shut_down(connection.as_mut());
-                closing = true;
+            seen = wait_to_close(signal.clone(), room), if !closing => {
+                // A request may have come since `room` was worked out: it stays then, and
+                // looks again when its last request ends.
+                if seen.is_none_or(|signal| signal.stop) || activity.idle_at(timeout).is_some() {
+                    shut_down(connection.as_mut());
+                    closing = true;
+                }
             }
             () = activity.idle.notified(), if !room && !closing => {}
             () = sleep_until(idle_at), if !closing => {

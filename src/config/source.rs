@@ -186,10 +186,24 @@ pub fn pinpoint(problems: &mut [Problem]) {
             continue;
         };
         let file = SourceFile::new(Arc::from(path.as_path()), text.clone());
+        // Messages name a header in lower case.
+        let headers: std::collections::HashMap<String, &toml::Spanned<toml::de::DeValue<'_>>> =
+            match document
+                .get_ref()
+                .get("headers")
+                .map(toml::Spanned::get_ref)
+            {
+                Some(toml::de::DeValue::Table(headers)) => headers
+                    .iter()
+                    .map(|(name, value)| (name.get_ref().to_ascii_lowercase(), value))
+                    .collect(),
+                _ => Default::default(),
+            };
+        let document = (document.get_ref(), &headers);
         for problem in problems.iter_mut() {
             if problem.path == path
                 && wanted(problem)
-                && let Some((line, column)) = located_template(problem, document.get_ref(), &file)
+                && let Some((line, column)) = located_template(problem, document, &file)
             {
                 problem.line = Some(line);
                 problem.column = Some(column);
@@ -198,9 +212,15 @@ pub fn pinpoint(problems: &mut [Problem]) {
     }
 }
 
+/// A parsed file, and its `[headers]` by lower-case name.
+type Document<'a, 'i> = (
+    &'a toml::de::DeTable<'i>,
+    &'a std::collections::HashMap<String, &'a toml::Spanned<toml::de::DeValue<'i>>>,
+);
+
 fn located_template(
     problem: &Problem,
-    document: &toml::de::DeTable<'_>,
+    (document, headers): Document<'_, '_>,
     file: &SourceFile,
 ) -> Option<(usize, usize)> {
     let (field, _) = problem.message.split_once(": ")?;
@@ -210,19 +230,17 @@ fn located_template(
         None if table == "body" => 1,
         None => return None,
     };
-    let top = entry(document, table)?;
+    let top = document.get(table)?;
     let value = if key.is_empty() {
         top
-    } else if let toml::de::DeValue::Table(fields) = top.get_ref()
-        && let Some(value) = entry(fields, key).or_else(|| {
-            // Messages name a header in lower case.
-            fields
-                .iter()
-                .find(|(name, _)| table == "headers" && name.get_ref().eq_ignore_ascii_case(key))
-                .map(|(_, value)| value)
-        })
-    {
-        value // a header or query name may hold a `.`
+    } else if table == "headers" {
+        headers.get(key).copied()?
+    } else if table != "body" {
+        // A query name may hold a `.`.
+        match top.get_ref() {
+            toml::de::DeValue::Table(fields) => fields.get(key)?,
+            _ => return None,
+        }
     } else {
         // A body path: `items[0].name`.
         let mut value = top;
@@ -232,7 +250,7 @@ fn located_template(
                 let toml::de::DeValue::Table(fields) = value.get_ref() else {
                     return None;
                 };
-                value = entry(fields, name)?;
+                value = fields.get(name)?;
             }
             for index in indexes.split('[').filter(|i| !i.is_empty()) {
                 let index: usize = index.strip_suffix(']')?.parse().ok()?;
@@ -281,17 +299,6 @@ fn located_template(
 /// Whether hex digits name U+000A.
 fn is_line_feed(hex: &str) -> bool {
     u32::from_str_radix(hex, 16) == Ok(0x0A)
-}
-
-/// The value of `key` in `table`.
-fn entry<'a, 'i>(
-    table: &'a toml::de::DeTable<'i>,
-    key: &str,
-) -> Option<&'a toml::Spanned<toml::de::DeValue<'i>>> {
-    table
-        .iter()
-        .find(|(name, _)| name.get_ref() == key)
-        .map(|(_, value)| value)
 }
 
 /// The byte offset in `text` where line `wanted` (1-based) of the TOML string at `span`

@@ -108,19 +108,29 @@ pub(super) async fn serve(
                     return Ended::Closed;
                 }
             }
-            let read = if buffer.is_empty() {
-                if signal.borrow().closes_idle(answered) {
-                    return Ended::Closed;
+            if buffer.is_empty() {
+                if !signal.borrow().closes_idle(answered) {
+                    tokio::select! {
+                        biased;
+                        read = deadline.within(stream.read_buf(&mut buffer)) => match read {
+                            Some(Ok(n)) if n > 0 => continue,
+                            _ => return Ended::Closed,
+                        },
+                        _ = &mut stopped => {}
+                    }
                 }
-                tokio::select! {
-                    biased;
-                    read = deadline.within(stream.read_buf(&mut buffer)) => read,
-                    _ = &mut stopped => return Ended::Closed,
+                // Shutdown, or room for a waiting client: unless a request came meanwhile
+                // (closing on unread bytes would reset the connection, and lose them).
+                if let Ok(n) = stream.try_read_buf(&mut buffer)
+                    && n > 0
+                {
+                    stopped.set(super::wait_to_close(signal.clone(), answered));
+                    continue;
                 }
-            } else {
-                deadline.within(read_more(&mut stream, &mut buffer)).await
-            };
-            match read {
+                let _ = stream.shutdown().await;
+                return Ended::Closed;
+            }
+            match deadline.within(read_more(&mut stream, &mut buffer)).await {
                 Some(Ok(n)) if n > 0 => {}
                 _ => return Ended::Closed,
             }
@@ -171,7 +181,13 @@ pub(super) async fn serve(
         };
         let outcome = outcome.map_err(|err| err.for_webhook(text(&buffer, head.name)));
         let read_all = buffer.len() as u64 >= whole;
-        let close = head.close || !read_all || signal.borrow().stop;
+        // At shutdown, or when a client waits for a slot and nothing more is buffered here
+        // (the connection would go idle, and close to make room), the answer says so.
+        let signal_now = *signal.borrow();
+        let close = head.close
+            || !read_all
+            || signal_now.stop
+            || (signal_now.waiting && buffer.len() as u64 == whole);
         out.clear();
         encode(&mut out, outcome, close, Instant::now());
         if stream.write_all(&out).await.is_err() || close {
@@ -423,6 +439,11 @@ pub(super) struct Replay {
 }
 
 impl Replay {
+    /// Whether what was read so far is HTTP/2's preface.
+    pub(super) fn is_http2(&self) -> bool {
+        self.before.starts_with(b"PRI * HTTP/2.0")
+    }
+
     /// `stream` with nothing read from it yet.
     pub(super) fn none(stream: TcpStream) -> Replay {
         Replay {

@@ -674,10 +674,12 @@ async fn idle_connections_make_room_when_every_slot_is_taken() {
         .expect("the call in progress is answered");
     assert_eq!((slow.status, slow.path()), (200, "/orders/slow"));
 
-    // One slot, in a slow call, while a client waits: after its answer, it makes room.
+    // One slot, in a slow call with a call pipelined behind it, while a client waits: both
+    // are answered, the last one saying `connection: close`, then it makes room.
     let (_dir, hookside) = with_slots(&upstream, 1).await;
     let mut busy = Client::connect(hookside.bot).await;
-    busy.send(&call("slow", "")).await;
+    busy.send(&format!("{}{}", call("slow", ""), call("behind", "")))
+        .await;
     assert!(slow_reached(5).await, "the slow call reached the upstream");
     let mut last = Client::connect(hookside.bot).await;
     last.send(&call("last", "")).await;
@@ -686,6 +688,10 @@ async fn idle_connections_make_room_when_every_slot_is_taken() {
         .await
         .expect("the call in progress is answered");
     assert_eq!(slow.path(), "/orders/slow");
+    assert_eq!(slow.header("connection"), None, "{slow:?}");
+    let behind = busy.answer().await.expect("the pipelined call is answered");
+    assert_eq!(behind.path(), "/orders/behind");
+    assert_eq!(behind.header("connection"), Some("close"), "{behind:?}");
     assert!(busy.closed().await, "then it closed to make room");
     let answer = last.answer().await.expect("the waiting client is answered");
     assert_eq!(answer.path(), "/orders/last");

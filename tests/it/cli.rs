@@ -1461,12 +1461,18 @@ fn check_points_a_template_error_at_its_own_line() {
             "\"\"\"\n",                                   // 17
         ),
     );
+    // A body path names nested tables, not a quoted key that holds the same text.
+    dir.file(
+        "dotted.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[body]\n\"a.b\" = \"{{ fine }}\"\na.b = \"{{ bad }\"\n",
+    );
     let output = check(&dir);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert_lines(
         &out,
         &[
+            "dotted.toml:5:8: body.a.b: syntax error:",
             "w.toml:7:1: headers.x-note: syntax error: unexpected `}`, expected end of variable block (template line 2)\n",
             "w.toml:9:16: headers.x-two: syntax error:",
             "w.toml:13:1: body.order.items[1]: syntax error: unexpected end of block (template line 2)\n",
