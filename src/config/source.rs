@@ -242,25 +242,17 @@ fn located_template(
             _ => return None,
         }
     } else {
-        // A body path: `items[0].name`.
-        let mut value = top;
-        for step in key.split('.') {
-            let (name, indexes) = step.split_once('[').unwrap_or((step, ""));
-            if !name.is_empty() {
-                let toml::de::DeValue::Table(fields) = value.get_ref() else {
-                    return None;
-                };
-                value = fields.get(name)?;
-            }
-            for index in indexes.split('[').filter(|i| !i.is_empty()) {
-                let index: usize = index.strip_suffix(']')?.parse().ok()?;
-                let toml::de::DeValue::Array(items) = value.get_ref() else {
-                    return None;
-                };
-                value = items.get(index)?;
-            }
+        // A body path, `items[0].name`: unless a key of the body holds the same text
+        // (`"a.b"` beside `a.b`), which the message cannot tell apart.
+        let quoted = match top.get_ref() {
+            toml::de::DeValue::Table(fields) => fields.get(key),
+            _ => None,
+        };
+        match (quoted, body_value(top, key)) {
+            (Some(one), None) | (None, Some(one)) => one,
+            (Some(one), Some(other)) if std::ptr::eq(one, other) => one,
+            _ => return None,
         }
-        value
     };
     // The problem is about this value (or, for the body, its table): a file changed since
     // it was loaded is left alone.
@@ -294,6 +286,31 @@ fn located_template(
     let at = file.locate(offset).line_col?;
     // The first line, on the value's own line: the value's start says it as well.
     (table == "body" || line > 1 || Some(at.0) != problem.line).then_some(at)
+}
+
+/// The value at `path` (`items[0].name`) under `top`, through nested tables and arrays.
+fn body_value<'a, 'i>(
+    top: &'a toml::Spanned<toml::de::DeValue<'i>>,
+    path: &str,
+) -> Option<&'a toml::Spanned<toml::de::DeValue<'i>>> {
+    let mut value = top;
+    for step in path.split('.') {
+        let (name, indexes) = step.split_once('[').unwrap_or((step, ""));
+        if !name.is_empty() {
+            let toml::de::DeValue::Table(fields) = value.get_ref() else {
+                return None;
+            };
+            value = fields.get(name)?;
+        }
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            let index: usize = index.strip_suffix(']')?.parse().ok()?;
+            let toml::de::DeValue::Array(items) = value.get_ref() else {
+                return None;
+            };
+            value = items.get(index)?;
+        }
+    }
+    Some(value)
 }
 
 /// Whether hex digits name U+000A.

@@ -103,8 +103,9 @@ pub(super) async fn serve(
                     // Where its body ends is unknown: answer, then close.
                     out.clear();
                     encode(&mut out, Err(err), true, Instant::now());
-                    let _ = stream.write_all(&out).await;
-                    let _ = stream.shutdown().await;
+                    if stream.write_all(&out).await.is_ok() {
+                        close(&mut stream, &mut buffer, &mut deadline).await;
+                    }
                     return Ended::Closed;
                 }
             }
@@ -181,17 +182,22 @@ pub(super) async fn serve(
         };
         let outcome = outcome.map_err(|err| err.for_webhook(text(&buffer, head.name)));
         let read_all = buffer.len() as u64 >= whole;
-        // At shutdown, or when a client waits for a slot and nothing more is buffered here
+        // At shutdown, or when a client waits for a slot and no other call has come here
         // (the connection would go idle, and close to make room), the answer says so.
         let signal_now = *signal.borrow();
-        let close = head.close
+        let closes = head.close
             || !read_all
             || signal_now.stop
-            || (signal_now.waiting && buffer.len() as u64 == whole);
+            || (signal_now.waiting
+                && buffer.len() as u64 == whole
+                && !matches!(stream.try_read_buf(&mut buffer), Ok(n) if n > 0));
         out.clear();
-        encode(&mut out, outcome, close, Instant::now());
-        if stream.write_all(&out).await.is_err() || close {
-            let _ = stream.shutdown().await;
+        encode(&mut out, outcome, closes, Instant::now());
+        if stream.write_all(&out).await.is_err() {
+            return Ended::Closed;
+        }
+        if closes {
+            close(&mut stream, &mut buffer, &mut deadline).await;
             return Ended::Closed;
         }
         written = Instant::now();
@@ -206,6 +212,31 @@ pub(super) async fn serve(
         }
         if out.capacity() > MAX_HEAD {
             out = Vec::new();
+        }
+    }
+}
+
+/// How long a closing connection reads what its client still sends ([`close`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ends a connection after its last answer: a FIN after what was written. Closing a socket
+/// that holds unread bytes (a call sent behind the last one) would send a reset instead,
+/// and the client could lose the end of the answer: such bytes are read and dropped until
+/// the client closes, for up to [`LINGER`] (nginx's lingering close). With none, it ends at
+/// once.
+async fn close(stream: &mut TcpStream, buffer: &mut Vec<u8>, deadline: &mut Deadline) {
+    let _ = stream.shutdown().await;
+    buffer.clear();
+    match stream.try_read_buf(buffer) {
+        Ok(n) if n > 0 => {}
+        _ => return,
+    }
+    deadline.set(Instant::now() + LINGER);
+    loop {
+        buffer.clear();
+        match deadline.within(stream.read_buf(buffer)).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
         }
     }
 }

@@ -782,3 +782,44 @@ async fn clients_finding_every_slot_taken_are_logged_once_a_minute() {
     );
     assert!(log.contains("max_connections=1"), "{log}");
 }
+
+// A call that arrives behind a slow one while a client waits for the only slot: it is read
+// before the connection closes, so the close is not a reset that would cut the big answer
+// before it (a client reading it slowly, through a small receive buffer, gets it whole).
+#[tokio::test]
+async fn a_connection_closing_to_make_room_loses_no_answer_and_no_call() {
+    let upstream = Upstream::start(|seen| {
+        let slow = seen.target.ends_with("/slow");
+        let pad = if slow {
+            "x".repeat(200_000)
+        } else {
+            String::new()
+        };
+        Reply::json(200, json!({ "path": seen.target, "pad": pad }))
+            .delayed(Duration::from_millis(if slow { 1000 } else { 0 }))
+    })
+    .await;
+    let (_dir, hookside) = with_slots(&upstream, 1).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut busy = Client::over(socket.connect(hookside.bot).await.expect("connect"));
+    busy.send(&call("slow", "")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    busy.send(&call("behind", "")).await;
+    let mut waiting = Client::connect(hookside.bot).await;
+    waiting.send(&call("waiting", "")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let slow = busy.answer().await.expect("the big answer, whole");
+    assert_eq!(slow.path(), "/orders/slow");
+    let behind = busy.answer().await.expect("the call behind it");
+    assert_eq!(behind.path(), "/orders/behind");
+    assert_eq!(behind.header("connection"), Some("close"));
+    assert!(busy.closed().await);
+    let answer = waiting
+        .answer()
+        .await
+        .expect("the waiting client is answered");
+    assert_eq!(answer.path(), "/orders/waiting");
+}

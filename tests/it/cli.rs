@@ -1461,10 +1461,19 @@ fn check_points_a_template_error_at_its_own_line() {
             "\"\"\"\n",                                   // 17
         ),
     );
-    // A body path names nested tables, not a quoted key that holds the same text.
+    // A body path with a `.`: a quoted key or nested tables, whichever the file holds; with
+    // both, the message cannot tell them apart, and the problem stays at `[body]`.
     dir.file(
         "dotted.toml",
-        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[body]\n\"a.b\" = \"{{ fine }}\"\na.b = \"{{ bad }\"\n",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[body]\nx.y = \"{{ bad }\"\n",
+    );
+    dir.file(
+        "quoted.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[body]\n\"x.y\" = \"{{ bad }\"\n",
+    );
+    dir.file(
+        "both.toml",
+        "company = \"a\"\nurl = \"http://127.0.0.1:9/\"\n[body]\n\"a.b\" = \"{{ bad }\"\na.b = \"{{ fine }}\"\n",
     );
     let output = check(&dir);
     let out = text(&output);
@@ -1472,7 +1481,9 @@ fn check_points_a_template_error_at_its_own_line() {
     assert_lines(
         &out,
         &[
-            "dotted.toml:5:8: body.a.b: syntax error:",
+            "dotted.toml:4:8: body.x.y: syntax error:",
+            "quoted.toml:4:10: body.x.y: syntax error:",
+            "both.toml:3:1: body.a.b: syntax error:",
             "w.toml:7:1: headers.x-note: syntax error: unexpected `}`, expected end of variable block (template line 2)\n",
             "w.toml:9:16: headers.x-two: syntax error:",
             "w.toml:13:1: body.order.items[1]: syntax error: unexpected end of block (template line 2)\n",
