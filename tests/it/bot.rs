@@ -604,6 +604,16 @@ async fn http2_after_a_call(
 /// hookside with webhook `w` on `upstream` and `max_connections` slots (a 60 s header read
 /// timeout: no slot is freed by it while a test runs).
 async fn with_slots(upstream: &Upstream, max_connections: usize) -> (Dir, Hookside) {
+    let settings = hookside::config::Settings {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections,
+        ..Default::default()
+    };
+    serving(upstream, settings).await
+}
+
+/// hookside with webhook `w` on `upstream`, and `settings`.
+async fn serving(upstream: &Upstream, settings: hookside::config::Settings) -> (Dir, Hookside) {
     let dir = Dir::new();
     dir.file(
         "w.toml",
@@ -612,11 +622,6 @@ async fn with_slots(upstream: &Upstream, max_connections: usize) -> (Dir, Hooksi
             upstream.host()
         ),
     );
-    let settings = hookside::config::Settings {
-        header_read_timeout: Duration::from_secs(60),
-        max_connections,
-        ..Default::default()
-    };
     let hookside = Hookside::with_settings(dir.path(), settings).await;
     (dir, hookside)
 }
@@ -717,20 +722,12 @@ async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
         Reply::json(200, json!({ "path": seen.target })).delayed(Duration::from_millis(700))
     })
     .await;
-    let dir = Dir::new();
-    dir.file(
-        "w.toml",
-        &format!(
-            "company = \"acme\"\nurl = \"http://{}/orders/{{{{ extractedData.id }}}}\"\n[variables]\npath = \"response.path\"\n",
-            upstream.host()
-        ),
-    );
     let settings = hookside::config::Settings {
         header_read_timeout: Duration::from_millis(300),
         max_connections: 1,
         ..Default::default()
     };
-    let hookside = Hookside::with_settings(dir.path(), settings).await;
+    let (_dir, hookside) = serving(&upstream, settings).await;
 
     // The preface and SETTINGS, then no request: the one connection slot is taken.
     let idle = idle_http2(&hookside).await;
