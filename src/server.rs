@@ -270,23 +270,29 @@ where
     use tokio::time::{Instant, sleep_until};
     tokio::pin!(connection);
     let mut closing = false;
+    // Room was wanted while a request was open: it looks again when its last one ends.
+    let mut busy = false;
     loop {
-        let idle = activity.idle_at(timeout);
-        let idle_at = idle.unwrap_or_else(|| Instant::now() + timeout);
-        let room = makes_room && idle.is_some() && activity.served.load(Ordering::SeqCst);
+        let idle_at = activity
+            .idle_at(timeout)
+            .unwrap_or_else(|| Instant::now() + timeout);
+        let served = activity.served.load(Ordering::SeqCst);
+        let room = makes_room && served && !busy;
         tokio::select! {
             ended = connection.as_mut() => return ended,
-            // While a request is open (or before the first), only shutdown closes it; the
-            // end of a request loops to look again.
             seen = wait_to_close(signal.clone(), room), if !closing => {
-                // A request may have come since `room` was worked out: it stays then, and
-                // looks again when its last request ends.
                 if seen.is_none_or(|signal| signal.stop) || activity.idle_at(timeout).is_some() {
                     shut_down(connection.as_mut());
                     closing = true;
+                } else {
+                    busy = true;
                 }
             }
-            () = activity.idle.notified(), if !room && !closing => {}
+            // The end of the first request (from then on it may make room), or of the last
+            // open one while room is wanted: loops to look again.
+            () = activity.idle.notified(), if makes_room && (!served || busy) && !closing => {
+                busy = false;
+            }
             () = sleep_until(idle_at), if !closing => {
                 // Whether it is still idle: a request may have come and gone meanwhile.
                 if activity.idle_at(timeout).is_some_and(|at| at <= Instant::now()) {

@@ -713,6 +713,28 @@ async fn idle_connections_make_room_when_every_slot_is_taken() {
         ended.is_ok_and(|driver| driver.is_ok_and(|ended| ended.is_ok())),
         "the idle HTTP/2 connection ended cleanly"
     );
+
+    // One slot, an HTTP/2 connection in a slow call when a client comes: the call is
+    // answered, then the connection makes room.
+    let (_dir, hookside) = with_slots(&upstream, 1).await;
+    let (mut sender, h2) = http2_after_a_call(&hookside).await;
+    let body = json!({ "extractedData": { "id": "slow" } }).to_string();
+    let request = http::Request::post(format!("http://{}/v1/webhooks/w", hookside.bot))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let slow = tokio::spawn(sender.send_request(request));
+    assert!(slow_reached(11).await, "the slow call reached the upstream");
+    let mut new = Client::connect(hookside.bot).await;
+    new.send(&call("after-busy-h2", "")).await;
+    let answer = new.answer().await.expect("the new client is answered");
+    assert_eq!(answer.path(), "/orders/after-busy-h2");
+    let slow = slow
+        .await
+        .expect("joined")
+        .expect("the slow call is answered");
+    assert_eq!(slow.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(10), h2).await;
+    assert!(ended.is_ok(), "then the HTTP/2 connection ended");
 }
 
 #[tokio::test]
