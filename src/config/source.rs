@@ -330,14 +330,15 @@ fn template_line_start(text: &str, span: std::ops::Range<usize>, wanted: usize) 
     let mut at = span.start + quote.len();
     if quote.len() == 3 {
         for newline in ["\n", "\r\n"] {
-            if text[at..].starts_with(newline) {
+            if text.get(at..).is_some_and(|rest| rest.starts_with(newline)) {
                 at += newline.len();
             }
         }
     }
     let mut line = 1;
     while line < wanted && at < end {
-        let rest = &text[at..end];
+        // `get`: never a panic, should an escape end inside a character.
+        let rest = text.get(at..end)?;
         let c = rest.chars().next()?;
         if escapes && c == '\\' {
             let after = &rest[1..];
