@@ -339,14 +339,9 @@ pub struct AuthFields {
     pub token: Option<Located<String>>,
 }
 
-/// Parses one file's text into a [`Def`]. A TOML error points at its line.
+/// Parses one file's text into a [`Def`]. Each TOML or type error points at its line.
 pub fn parse(source: &SourceFile) -> Result<Def, Vec<Problem>> {
-    let raw: RawFile = toml::from_str(source.text()).map_err(|err| {
-        let at = err
-            .span()
-            .map_or_else(|| source.whole(), |span| source.locate(span.start));
-        vec![at.problem(super::source::toml_message(&err, source.text()))]
-    })?;
+    let raw: RawFile = super::source::deserialize(source)?;
     let mut problems = Vec::new();
     let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k)) {
         None | Some(("webhook", _)) => Kind::Webhook,
@@ -551,6 +546,60 @@ mod tests {
         let problems = def("x.toml", "company = 'a'\nurll = 'http://x'\n").unwrap_err();
         assert_eq!(problems[0].line, Some(2), "{problems:?}");
         assert!(problems[0].message.contains("urll"), "{problems:?}");
+    }
+
+    #[test]
+    fn every_type_error_of_a_file_is_reported_in_file_order() {
+        let text = "company = 'a'\nurll = 'x'\ntimeout = 5\n[auth]\ntype = 'bearer'\ntokn = 't'\nusername = 3\n\
+                    [headers]\nA = '1'\nB = 2\n[[examples]]\nstatus = 'ok'\n[[examples]]\nstatus = 200\n\
+                    [[examples]]\nstauts = 200\nresponse = 1\n";
+        let problems = def("x.toml", text).unwrap_err();
+        let found: Vec<_> = problems
+            .iter()
+            .map(|p| (p.line.unwrap_or(0), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    2,
+                    "unknown field `urll`, expected one of `kind`, `name`, `company`, `description`, `extends`, `method`, `url`, `response_type`, `execution`, `timeout`, `context`, `auth`, `headers`, `query`, `body`, `tls`, `variables`, `examples`"
+                ),
+                (
+                    3,
+                    "invalid type: integer, expected a string (a duration, in quotes: \"5s\", \"1500ms\")"
+                ),
+                (
+                    6,
+                    "unknown field `tokn`, expected one of `type`, `username`, `password`, `token`"
+                ),
+                (
+                    7,
+                    "invalid type: integer, expected a string (write it in quotes)"
+                ),
+                (
+                    10,
+                    "invalid type: integer, expected a string (write it in quotes)"
+                ),
+                (12, "invalid type: string, expected an integer"),
+                (
+                    16,
+                    "unknown field `stauts`, expected one of `conversation`, `status`, `response`, `expect`, `request`"
+                ),
+            ],
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn every_syntax_error_toml_reads_past_is_reported() {
+        let problems = def(
+            "x.toml",
+            "company = 'a\nurl = 'http://x'\nmethod = = 'GET'\n",
+        )
+        .unwrap_err();
+        let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [Some(1), Some(3)], "{problems:#?}");
     }
 
     #[test]

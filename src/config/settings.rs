@@ -183,12 +183,7 @@ impl Settings {
         source: &SourceFile,
         secrets_optional: bool,
     ) -> Result<(Settings, Vec<Problem>), Vec<Problem>> {
-        let raw: RawSettings = toml::from_str(source.text()).map_err(|err| {
-            let at = err
-                .span()
-                .map_or_else(|| source.whole(), |span| source.locate(span.start));
-            vec![at.problem(super::source::toml_message(&err, source.text()))]
-        })?;
+        let raw: RawSettings = super::source::deserialize(source)?;
         let mut settings = Settings::default();
         let mut problems = Vec::new();
         let at = |spanned: &Spanned<String>, message: String| {

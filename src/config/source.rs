@@ -444,6 +444,104 @@ pub fn read_text_at_most(path: &Path, limit: usize) -> std::io::Result<String> {
     })
 }
 
+/// How far down [`deserialize`] looks for more than one type error: a top-level key, the
+/// entries of its table or array, and theirs (the keys of one `[[examples]]` entry).
+const TYPE_ERROR_DEPTH: usize = 2;
+
+/// Reads a file's text into `T`, as `toml::from_str` does, but when it fails, with every
+/// problem a reader can fix in one go rather than the first, in the order of the file: the
+/// first syntax error of each line TOML reads on past, or, when the syntax is sound, the
+/// first type error of each key, down to the keys of an `[[examples]]` entry. The search
+/// runs only for a file that failed.
+pub fn deserialize<T: serde::de::DeserializeOwned>(source: &SourceFile) -> Result<T, Vec<Problem>> {
+    let text = source.text();
+    let first = match toml::from_str(text) {
+        Ok(value) => return Ok(value),
+        Err(err) => err,
+    };
+    let (document, mut errors) = toml::de::DeTable::parse_recoverable(text);
+    let syntax = !errors.is_empty();
+    if !syntax {
+        let span = document.span();
+        for (key, entry) in document.get_ref().iter() {
+            let alone = |value| {
+                let mut table = toml::de::DeTable::new();
+                table.insert(key.clone(), value);
+                toml::Spanned::new(span.clone(), table)
+            };
+            type_errors::<T>(&alone, entry, TYPE_ERROR_DEPTH, &mut errors);
+        }
+    }
+    if errors.is_empty() {
+        errors.push(first);
+    }
+    errors.sort_by_key(|err| err.span().map(|span| span.start));
+    if syntax {
+        // Past an error, what TOML reads on the same line is mostly its echo ("extra `=`",
+        // then "unexpected key or value"): the first of each line says it.
+        let line = |err: &toml::de::Error| {
+            err.span()
+                .and_then(|span| source.locate(span.start).line_col)
+                .map(|(line, _)| line)
+        };
+        errors.dedup_by(|later, earlier| line(later) == line(earlier));
+    }
+    Err(errors
+        .iter()
+        .map(|err| {
+            let at = err
+                .span()
+                .map_or_else(|| source.whole(), |span| source.locate(span.start));
+            at.problem(toml_message(err, text))
+        })
+        .collect())
+}
+
+/// The type errors `value` holds, where `place` puts it back as the one thing in a document
+/// of its own: the first of each entry of a table or item of an array, `depth` levels down,
+/// or the value's own when none of its parts fails alone.
+fn type_errors<'i, T: serde::de::DeserializeOwned>(
+    place: &dyn Fn(toml::Spanned<toml::de::DeValue<'i>>) -> toml::Spanned<toml::de::DeTable<'i>>,
+    value: &toml::Spanned<toml::de::DeValue<'i>>,
+    depth: usize,
+    errors: &mut Vec<toml::de::Error>,
+) {
+    use toml::de::{DeArray, DeTable, DeValue};
+    let Err(error) = T::deserialize(toml::de::Deserializer::from(place(value.clone()))) else {
+        return;
+    };
+    let found = errors.len();
+    if depth > 0 {
+        let span = value.span();
+        match value.get_ref() {
+            DeValue::Table(table) => {
+                for (key, entry) in table.iter() {
+                    let alone = |inner| {
+                        let mut table = DeTable::new();
+                        table.insert(key.clone(), inner);
+                        place(toml::Spanned::new(span.clone(), DeValue::Table(table)))
+                    };
+                    type_errors::<T>(&alone, entry, depth - 1, errors);
+                }
+            }
+            DeValue::Array(array) => {
+                for item in array.iter() {
+                    let alone = |inner| {
+                        let mut array = DeArray::new();
+                        array.push(inner);
+                        place(toml::Spanned::new(span.clone(), DeValue::Array(array)))
+                    };
+                    type_errors::<T>(&alone, item, depth - 1, errors);
+                }
+            }
+            _ => {}
+        }
+    }
+    if errors.len() == found {
+        errors.push(error);
+    }
+}
+
 /// A TOML or type error's message without the value it quotes: `invalid type: integer
 /// \`123456789\`, expected a string` could be a token written in the file, and problems are
 /// printed and logged. The location already points at the value.

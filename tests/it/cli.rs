@@ -773,6 +773,37 @@ fn a_misspelt_secret_reference_is_an_error_at_its_line_and_never_sent() {
 }
 
 #[test]
+fn check_reports_every_type_error_of_a_file_not_only_the_first() {
+    let dir = Dir::new();
+    let config = dir.file(
+        "hookside.toml",
+        "[limits]\nmax_connections = \"64\"\nheader_read_timeout = 10\n[companies.acme]\ntokens = \"t\"\n",
+    );
+    dir.file(
+        "webhooks.d/typos.toml",
+        "company = \"acme\"\nurl = \"http://127.0.0.1:9/\"\ntimeout = 5\n[auth]\ntype = \"bearer\"\ntokn = \"t\"\n\
+         [[examples]]\nstatus = \"200\"\n[[examples]]\nstatus = 200\n[[examples]]\nstauts = 200\n",
+    );
+    let output = check_with_config(&dir, &config);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_lines(
+        &out,
+        &[
+            "hookside.toml:2:19: invalid type: string, expected an integer (write it without quotes)",
+            "hookside.toml:3:23: invalid type: integer, expected a string",
+            "hookside.toml:5:1: unknown field `tokens`",
+            "typos.toml:3:11: invalid type: integer, expected a string (a duration, in quotes: \"5s\", \"1500ms\")",
+            "typos.toml:6:1: unknown field `tokn`",
+            "typos.toml:8:10: invalid type: string, expected an integer (write it without quotes)",
+            "typos.toml:12:1: unknown field `stauts`",
+            "hookside.toml: warning: the webhooks were checked with the default settings",
+        ],
+    );
+    assert!(out.contains("7 problems in 2 files"), "{out}");
+}
+
+#[test]
 fn a_config_file_that_fails_hides_no_problem_of_the_webhook_files() {
     let dir = Dir::new();
     let config = dir.file("hookside.toml", "[limits]\nmax_connections = 0\n");
