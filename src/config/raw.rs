@@ -524,6 +524,7 @@ fn located_map<V>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::source::MAX_TOML_PROBLEMS as MAX;
     use std::path::Path;
 
     fn def(path: &str, text: &str) -> Result<Def, Vec<Problem>> {
@@ -600,6 +601,74 @@ mod tests {
         .unwrap_err();
         let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, [Some(1), Some(3)], "{problems:#?}");
+    }
+
+    #[test]
+    fn an_array_or_inline_table_left_open_is_one_problem_not_one_a_line() {
+        for text in [
+            "company = 'a'\n[query]\nids = ['1', '2'\nurl = 'http://x/'\nmethod = 'GET'\n[auth]\ntype = 'bearer'\n",
+            "company = 'a'\nbody = { a = 'x', b = 'y'\nurl = 'http://x/'\nmethod = 'GET'\n",
+        ] {
+            let problems = def("x.toml", text).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:#?}");
+            assert!(
+                problems[0].message.starts_with("missing comma"),
+                "{problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_file_gets_its_first_syntax_error_only() {
+        let padding = format!("# {}\n", "x".repeat(99)).repeat(700);
+        let text = format!("{padding}company = 'a\nurl = = 'http://x/'\n");
+        let problems = def("x.toml", &text).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        // The one `toml::from_str` stops at.
+        let first = toml::from_str::<toml::Table>(&text).unwrap_err();
+        assert_eq!(problems[0].message, first.message().trim());
+        assert!(matches!(problems[0].line, Some(701 | 702)), "{problems:#?}");
+        let small = def("x.toml", "company = 'a\nurl = = 'http://x/'\n").unwrap_err();
+        assert_eq!(small.len(), 2, "{small:#?}");
+    }
+
+    #[test]
+    fn a_misspelt_table_is_one_problem_whatever_it_holds() {
+        let text =
+            "company = 'a'\n[auht]\ntype = 'bearer'\ntoken = 't'\n[headers]\nA = ['1', '2', '3']\n";
+        let problems = def("x.toml", text).unwrap_err();
+        let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [Some(2), Some(6)], "{problems:#?}");
+    }
+
+    #[test]
+    fn a_file_lists_its_first_problems_and_counts_the_rest() {
+        let mut text = String::from("company = 'a'\n[headers]\n");
+        for i in 0..(MAX + 10) {
+            text.push_str(&format!("H{i:03} = {i}\n"));
+        }
+        let problems = def("x.toml", &text).unwrap_err();
+        assert_eq!(problems.len(), MAX + 1, "{problems:#?}");
+        assert_eq!(problems[MAX - 1].line, Some(MAX + 2));
+        let last = &problems[MAX];
+        assert_eq!(last.line, Some(MAX + 3));
+        assert_eq!(
+            last.message,
+            format!(
+                "10 more problems from here on, not listed (only the first {MAX} of a file are)"
+            )
+        );
+    }
+
+    #[test]
+    fn the_keys_of_an_examples_request_are_checked_one_by_one() {
+        let text = "company = 'a'\n[[examples]]\n[examples.request]\nmethod = 1\nheaders = 2\n";
+        let lines: Vec<_> = def("x.toml", text)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.line)
+            .collect();
+        assert_eq!(lines, [Some(4), Some(5)]);
     }
 
     #[test]

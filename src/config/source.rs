@@ -65,6 +65,14 @@ impl SourceFile {
         &self.text
     }
 
+    /// The line (from 1) of a byte offset: what [`SourceFile::locate`] finds without the
+    /// column, which takes counting the characters before it.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.line_starts
+            .partition_point(|&start| start <= offset.min(self.text.len()))
+            .max(1)
+    }
+
     /// The location of a byte offset.
     pub fn locate(&self, offset: usize) -> Location {
         let offset = offset.min(self.text.len());
@@ -445,21 +453,47 @@ pub fn read_text_at_most(path: &Path, limit: usize) -> std::io::Result<String> {
 }
 
 /// How far down [`deserialize`] looks for more than one type error: a top-level key, the
-/// entries of its table or array, and theirs (the keys of one `[[examples]]` entry).
-const TYPE_ERROR_DEPTH: usize = 2;
+/// entries of its table or array, theirs (the keys of one `[[examples]]` entry), and theirs
+/// (the keys of an example's `request`).
+const TYPE_ERROR_DEPTH: usize = 3;
 
-/// Reads a file's text into `T`, as `toml::from_str` does, but when it fails, with every
-/// problem a reader can fix in one go rather than the first, in the order of the file: the
-/// first syntax error of each line TOML reads on past, or, when the syntax is sound, the
-/// first type error of each key, down to the keys of an `[[examples]]` entry. The search
-/// runs only for a file that failed.
+/// The most problems [`deserialize`] lists for one file; one more line says how many it
+/// left out.
+pub const MAX_TOML_PROBLEMS: usize = 50;
+
+/// The largest file whose syntax errors [`deserialize`] lists past the first.
+const MAX_RECOVERED: usize = 64 * 1024;
+
+/// Reads a file's text into `T`, as `toml::from_str` does, but when it fails, with the
+/// problems a reader can fix in one go rather than the first, in the order of the file (at
+/// most [`MAX_TOML_PROBLEMS`]):
+/// - the syntax errors TOML reads on past, the first of each line, up to the first that
+///   leaves an array or inline table open (a missing `]` or `}`, which TOML reports as a
+///   missing comma): past it, every line reads as more of the open value (in a file over
+///   [`MAX_RECOVERED`], the first only);
+/// - else, when the syntax is sound, the first type error of each key, down to the keys of
+///   an example's `request`.
+///
+/// The search runs only for a file that failed.
 pub fn deserialize<T: serde::de::DeserializeOwned>(source: &SourceFile) -> Result<T, Vec<Problem>> {
     let text = source.text();
     let first = match toml::from_str(text) {
         Ok(value) => return Ok(value),
         Err(err) => err,
     };
-    let (document, mut errors) = toml::de::DeTable::parse_recoverable(text);
+    // Each syntax error TOML reads on past is kept until the end: a megabyte of junk makes
+    // hundreds of megabytes of them. A larger file gets its first only.
+    let (document, mut errors) = if text.len() <= MAX_RECOVERED {
+        toml::de::DeTable::parse_recoverable(text)
+    } else {
+        match toml::de::DeTable::parse(text) {
+            Ok(document) => (document, Vec::new()),
+            Err(err) => (
+                toml::Spanned::new(0..0, toml::de::DeTable::new()),
+                vec![err],
+            ),
+        }
+    };
     let syntax = !errors.is_empty();
     if !syntax {
         let span = document.span();
@@ -475,26 +509,38 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(source: &SourceFile) -> Resul
     if errors.is_empty() {
         errors.push(first);
     }
-    errors.sort_by_key(|err| err.span().map(|span| span.start));
+    let start = |err: &toml::de::Error| err.span().map(|span| span.start);
+    errors.sort_by_key(start);
+    // A table or array that does not fit fails again with each of its entries: once.
+    errors.dedup_by(|later, earlier| {
+        start(later) == start(earlier) && later.message() == earlier.message()
+    });
     if syntax {
-        // Past an error, what TOML reads on the same line is mostly its echo ("extra `=`",
-        // then "unexpected key or value"): the first of each line says it.
-        let line = |err: &toml::de::Error| {
-            err.span()
-                .and_then(|span| source.locate(span.start).line_col)
-                .map(|(line, _)| line)
-        };
+        let line = |err: &toml::de::Error| start(err).map(|offset| source.line_of(offset));
         errors.dedup_by(|later, earlier| line(later) == line(earlier));
+        if let Some(open) = errors
+            .iter()
+            .position(|err| err.message().starts_with("missing comma between"))
+        {
+            errors.truncate(open + 1);
+        }
     }
-    Err(errors
+    let at = |err: &toml::de::Error| {
+        start(err).map_or_else(|| source.whole(), |offset| source.locate(offset))
+    };
+    let mut problems: Vec<Problem> = errors
         .iter()
-        .map(|err| {
-            let at = err
-                .span()
-                .map_or_else(|| source.whole(), |span| source.locate(span.start));
-            at.problem(toml_message(err, text))
-        })
-        .collect())
+        .take(MAX_TOML_PROBLEMS)
+        .map(|err| at(err).problem(toml_message(err, text)))
+        .collect();
+    if let Some(next) = errors.get(MAX_TOML_PROBLEMS) {
+        let more = errors.len() - MAX_TOML_PROBLEMS;
+        problems.push(at(next).problem(format!(
+            "{more} more problems from here on, not listed (only the first \
+             {MAX_TOML_PROBLEMS} of a file are)"
+        )));
+    }
+    Err(problems)
 }
 
 /// The type errors `value` holds, where `place` puts it back as the one thing in a document
